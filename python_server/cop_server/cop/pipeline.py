@@ -231,3 +231,24 @@ def segment_image(
     result = run_cop(model, features, clicks, types, params)
     result.encode_seconds = encode_seconds
     return result
+
+
+def decode_points(
+    model: PromptableModel,
+    features: Features,
+    points_xy: np.ndarray,
+    params: CopParams = CopParams(),
+    type_index: int = 0,
+) -> tuple[np.ndarray, list[Instance], AssemblyStats]:
+    """Decode given prompts (no HSG/FPR) and assemble them with CoP's rules.
+
+    This is the per-instance-click reference: with one prompt per ground-truth cell it gives the
+    upper bound that CoP is compared with.
+    """
+    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    decoded = decode_in_batches(model, features, pts, params.decode_batch_size or model.decode_batch_size)
+    cands = [
+        Candidate(m, float(s), type_index, (float(p[0]), float(p[1])), (float(p[0]), float(p[1])), k)
+        for k, (m, s, p) in enumerate(zip(decoded.masks, decoded.scores, pts))
+    ]
+    return assemble(cands, features.image_shape, nms_iou=params.nms_iou, min_area=params.min_instance_area)

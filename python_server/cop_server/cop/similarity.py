@@ -95,8 +95,11 @@ class SimilarityIndex:
         """``f_h = F_h[:, p]`` and ``f_l = normalise(upsample(F_l))[:, p]`` at the prompt's high-grid cell."""
         r, c = self.cells_of(point_xy)[0]
         fh = self._high[r * self.grid[1] + c].copy()
-        ry, rx = self._ry[r], self._rx[c]
-        up = np.einsum("i,j,ijc->c", ry, rx, self._low.reshape(self.low_grid[0], self.low_grid[1], -1))
+        # only the (at most 2 x 2) low cells with non-zero bilinear weight contribute
+        iy, ix = np.flatnonzero(self._ry[r]), np.flatnonzero(self._rx[c])
+        wts = np.outer(self._ry[r, iy], self._rx[c, ix]).ravel()
+        rows = (iy[:, None] * self.low_grid[1] + ix[None, :]).ravel()
+        up = wts @ self._low[rows]
         fl = up / max(float(np.linalg.norm(up)), 1e-12)
         return Prototype(high=fh, low=fl.astype(self.dtype), cell=(int(r), int(c)))
 
