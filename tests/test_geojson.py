@@ -11,6 +11,7 @@ import uuid
 import pytest
 from shapely.geometry import MultiPolygon, Polygon, box
 
+from cop_server.errors import InputError
 from cop_server.io.geojson import (
     Detection,
     default_class_color,
@@ -235,7 +236,7 @@ def test_failure_without_a_previous_file_creates_nothing(tmp_path):
 
 
 def test_writing_into_a_missing_folder_fails_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         write_feature_collection(tmp_path / "nope" / "cells.geojson", [])
 
 

@@ -11,6 +11,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from cop_server.cop import CellType, Click, CopResult
+from cop_server.errors import InputError
 from cop_server.io.geojson import Detection, write_feature_collection
 from cop_server.io.polygons import cell_measurements, mask_to_polygon
 
@@ -45,10 +46,16 @@ def write_outputs(
     types: Sequence[CellType],
 ) -> int:
     """Write the GeoJSON (and the overlay PNG if asked); returns the number of detections written."""
-    n = write_feature_collection(out, detections)
-    if overlay is not None:
-        from cop_server.io.overlay import write_overlay
+    from cop_server.io.overlay import write_overlay
 
+    try:
+        n = write_feature_collection(out, detections)
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    if overlay is not None:
         marks = [(c.x, c.y, tuple(types[c.type_index].color)) for c in clicks]
-        write_overlay(overlay, image, detections, clicks=marks)
+        try:
+            write_overlay(overlay, image, detections, clicks=marks)
+        except OSError as exc:
+            raise InputError(f"cannot write {overlay}: {exc.strerror or exc}") from exc
     return n

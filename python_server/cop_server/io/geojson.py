@@ -20,13 +20,14 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from shapely.geometry import MultiPolygon, Polygon
+
+from cop_server.io.atomic import atomic_path
 
 #: Object types QuPath's GeoJSON reader knows.
 QUPATH_OBJECT_TYPES = frozenset({"detection", "annotation", "cell", "tile"})
@@ -128,36 +129,6 @@ def write_feature_collection(path: str | os.PathLike[str], detections: Iterable[
             count += 1
         out.write(b"\n]}\n")
     return count
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path to write to; it replaces ``path`` only if the ``with`` block succeeds.
-
-    The temporary file is hidden in the same folder (same file system, so :func:`os.replace` is
-    atomic), fsynced before the swap so a crash cannot leave an empty file under the final name,
-    and deleted on any failure, leaving a previous file at ``path`` untouched.
-    """
-    target = Path(path)
-    folder = target.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {folder}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _copy_mode(target, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def validate_qupath_geojson(obj: Any, max_problems: int = 1000) -> list[str]:
@@ -313,21 +284,10 @@ def _ring_coords(coords: Iterable[tuple[float, ...]]) -> list[list[float]]:
     return ring
 
 
-def _copy_mode(target: Path, tmp: Path) -> None:
-    """Give the new file the old file's permissions, or the usual 0644 (mkstemp makes it 0600)."""
-    try:
-        mode = target.stat().st_mode & 0o777
-    except OSError:
-        mode = 0o644
-    with contextlib.suppress(OSError):
-        os.chmod(tmp, mode)
-
-
 __all__ = [
     "Detection",
     "detection_feature",
     "write_feature_collection",
-    "atomic_path",
     "validate_qupath_geojson",
     "default_class_color",
     "QUPATH_OBJECT_TYPES",

@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from shapely.geometry import MultiPolygon, Polygon
 
-from cop_server.io.geojson import Detection, atomic_path
+from cop_server.io.atomic import atomic_path
+from cop_server.io.geojson import Detection
 from cop_server.io.images import to_rgb_uint8
 
 Color = tuple[int, int, int]
