@@ -120,3 +120,65 @@ class ToyBlobModel(PromptableModel):
     def nearest_blob(self, point_xy) -> int:
         centres = np.array([[b.x, b.y] for b in self.blobs])
         return int(np.argmin(np.hypot(*(centres - np.asarray(point_xy)).T)))
+
+
+class ColourDiscModel(PromptableModel):
+    """A translation-equivariant model of coloured cells on white, for seam tests.
+
+    Features are fixed local colour responses (how close each pixel is to purple, to pink and to
+    white), average-pooled onto a 4 px and a 16 px grid: no per-image statistics, so a cell looks
+    the same in any tile. The decoder returns the connected non-white component under the point,
+    labelled per encoded image: a cell cut by the image edge comes back cut, as from a real model.
+    """
+
+    name = "colour-discs"
+    COLOURS = np.array([[70, 40, 120], [200, 90, 150], [235, 235, 235]], dtype=np.float64)
+
+    def __init__(self, native_tile: int = 256, decode_batch_size: int = 32) -> None:
+        self.native_tile = native_tile
+        self.decode_batch_size = decode_batch_size
+
+    def _responses(self, image: np.ndarray) -> np.ndarray:
+        px = image[..., :3].astype(np.float64)
+        d2 = ((px[:, :, None, :] - self.COLOURS[None, None]) ** 2).sum(-1)
+        return np.exp(-d2 / (2 * 40.0**2)).transpose(2, 0, 1)  # (3, H, W)
+
+    @staticmethod
+    def _pool(resp: np.ndarray, cell: int) -> np.ndarray:
+        c, h, w = resp.shape
+        gh, gw = -(-h // cell), -(-w // cell)
+        padded = np.zeros((c, gh * cell, gw * cell))
+        padded[2] = 1.0  # outside the image reads as white
+        padded[:, :h, :w] = resp
+        return padded.reshape(c, gh, cell, gw, cell).mean(axis=(2, 4)).astype(np.float32)
+
+    def encode(self, image: np.ndarray) -> Features:
+        from scipy import ndimage as ndi
+
+        resp = self._responses(image)
+        labels, _ = ndi.label(resp[2] < 0.5)
+        return Features(
+            high=self._pool(resp, 4),
+            low=self._pool(resp, 16),
+            high_cell=(4.0, 4.0),
+            low_cell=(16.0, 16.0),
+            image_shape=image.shape[:2],
+            decoder_state=labels,
+            model_name=self.name,
+        )
+
+    def decode(self, features: Features, points_xy: np.ndarray) -> DecodedBatch:
+        labels = features.decoder_state
+        h, w = labels.shape
+        masks, scores = [], []
+        for x, y in np.asarray(points_xy, dtype=np.float64).reshape(-1, 2):
+            r, c = int(np.clip(y, 0, h - 1)), int(np.clip(x, 0, w - 1))
+            k = labels[r, c]
+            if k == 0:
+                masks.append(InstanceMask(0, 0, np.zeros((0, 0), dtype=bool)))
+                scores.append(0.0)
+                continue
+            r0, r1, c0, c1 = max(r - 40, 0), min(r + 41, h), max(c - 40, 0), min(c + 41, w)
+            masks.append(InstanceMask(r0, c0, labels[r0:r1, c0:c1] == k).tight())
+            scores.append(1.0)
+        return DecodedBatch(masks, np.asarray(scores, dtype=np.float32))

@@ -134,6 +134,70 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_segment_slide(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cop_server.cop import CellType
+    from cop_server.io.geojson import default_class_color, write_feature_collection
+    from cop_server.io.qupath_objects import read_clicks, read_regions
+    from cop_server.wsi.runner import SlideRequest, SlideSegmenter
+    from cop_server.wsi.slide import open_slide
+
+    clickset = read_clicks(args.clicks)
+    regions, region_warnings = (read_regions(args.regions) if args.regions else (None, []))
+    for w in clickset.warnings + region_warnings:
+        print(f"cop: warning: {w}", file=sys.stderr)
+    types = [CellType(n, clickset.colors.get(n) or default_class_color(n)) for n in clickset.class_names]
+    clicks = [(p.x, p.y, clickset.class_names.index(p.class_name)) for p in clickset.points]
+    out = Path(args.out)
+    with open_slide(args.slide, mpp=args.slide_mpp) as slide:
+        for x, y, _ in clicks:
+            if not (0 <= x < slide.width and 0 <= y < slide.height):
+                raise InputError(f"click ({x:g}, {y:g}) is outside the slide ({slide.width} x {slide.height})")
+        model = _load_model(args)
+        request = SlideRequest(
+            clicks=clicks, types=types, regions=regions, target_mpp=args.mpp, downsample=args.downsample,
+            tile_px=args.tile, halo_px=args.halo, params=_params(args), chain=args.chain,
+        )
+        try:
+            seg = SlideSegmenter(model, slide, request)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        for w in seg.plan.warnings:
+            print(f"cop: warning: {w}", file=sys.stderr)
+        plan = seg.plan
+        _say(args, f"{slide.path.name}: {slide.width} x {slide.height} px, mpp {slide.mpp or 'unknown'}; "
+                   f"working downsample {seg.downsample:.3g}; {len(plan.tiles)} tiles of {seg.tile_px} px "
+                   f"(halo {seg.halo_px} px) to process, {plan.skipped_outside} outside the regions and "
+                   f"{plan.skipped_no_tissue} without tissue skipped; {len(types)} class(es), {len(clicks)} click(s)")
+        bar = tqdm(total=len(plan.tiles), unit="tile", desc="tiles", file=sys.stderr, disable=args.quiet)
+
+        def progress(done: int, total: int, cells: int) -> None:
+            bar.update(1)
+            bar.set_postfix(cells=cells)
+
+        t0 = time.perf_counter()
+        try:
+            n = write_feature_collection(out, seg.detections(progress))
+        except OSError as exc:
+            raise InputError(f"cannot write {out}: {exc.strerror or exc}") from exc
+        finally:
+            bar.close()
+        total = time.perf_counter() - t0
+    summ = seg.summary
+    for w in summ.warnings[len(plan.warnings):]:
+        print(f"cop: warning: {w}", file=sys.stderr)
+    per_class = ", ".join(f"{k} {v}" for k, v in summ.per_class.items()) or "none"
+    _say(args, f"wrote {n} detections to {out} in {total:.1f} s ({per_class})")
+    secs = ", ".join(f"{k} {v:.1f} s" for k, v in summ.seconds.items())
+    _say(args, f"time: {secs}")
+    _say(args, "stitching: " + ", ".join(f"{k} {v}" for k, v in sorted(summ.counts.items())))
+    if n == 0:
+        print(f"cop: no cell found; wrote an empty FeatureCollection to {out}", file=sys.stderr)
+        return EXIT_EMPTY
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from cop_server.bench import format_table, run_bench, summarise, tqdm_progress
 
@@ -206,6 +270,23 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     _add_model_options(seg)
     seg.set_defaults(func=cmd_segment)
+
+    sld = sub.add_parser("segment-slide", help="segment the clicked types inside regions of a whole-slide image",
+                         description="Tile the regions at a working resolution, propagate each click's prototype "
+                                     "to every tile, stitch without seams, stream QuPath GeoJSON.")
+    sld.add_argument("slide", help="whole-slide image (any OpenSlide format) or a plain TIFF/PNG/JPEG")
+    sld.add_argument("--clicks", required=True, help="QuPath GeoJSON of classified point annotations (one click per point)")
+    sld.add_argument("--regions", help="QuPath GeoJSON of region annotations (default: the tissue of the whole slide)")
+    sld.add_argument("--out", required=True, help="GeoJSON to write (.geojson or .geojson.gz)")
+    sld.add_argument("--mpp", type=float, default=None, help="working resolution in microns per pixel (default: the model's, else 0.5)")
+    sld.add_argument("--downsample", type=float, default=None, help="explicit working downsample from level 0 (overrides --mpp)")
+    sld.add_argument("--slide-mpp", type=float, default=None, help="the slide's pixel size, when the file lacks or misstates it")
+    sld.add_argument("--tile", type=int, default=None, help="tile side in working pixels (default: the model's native size)")
+    sld.add_argument("--halo", type=int, default=None, help="tile overlap in working pixels (default: a 20 um cell)")
+    sld.add_argument("--chain", action="store_true", help="also seed each tile from cells found in its neighbours")
+    sld.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    _add_model_options(sld)
+    sld.set_defaults(func=cmd_segment_slide)
 
     ben = sub.add_parser("bench", help="evaluate CoP against ground truth (the paper's click protocol)",
                          description="Simulate one click per type (typed sets) or per image (untyped), "

@@ -6,7 +6,7 @@ It depends only on :mod:`cop_server.models.base`; it never imports the server or
 from cop_server.cop.assemble import AssemblyStats, Candidate, Instance, assemble
 from cop_server.cop.fpr import FPRResult, fpr
 from cop_server.cop.hsg import Gating, HSGResult, hsg
-from cop_server.cop.pipeline import CellType, Click, CopParams, CopResult, TypeRun, run_cop, segment_image
+from cop_server.cop.pipeline import CellType, Click, CopParams, CopResult, Seed, TypeRun, run_cop, segment_image
 from cop_server.cop.similarity import Prototype, SimilarityIndex
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Click",
     "CopParams",
     "CopResult",
+    "Seed",
     "TypeRun",
     "run_cop",
     "segment_image",

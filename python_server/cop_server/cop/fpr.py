@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from cop_server.cop.hsg import Gating, hsg
-from cop_server.cop.similarity import SimilarityIndex
+from cop_server.cop.similarity import Prototype, SimilarityIndex
 
 
 @dataclass
@@ -24,7 +25,7 @@ class FPRResult:
 
     points_xy: np.ndarray  # (n, 2) reliable points R, in discovery order
     found_by: np.ndarray  # (n,) index into ``prompts_xy`` of the HSG prompt that found each point
-    prompts_xy: np.ndarray  # (m, 2) prompts used: the clicks first, then one per iteration
+    prompts_xy: np.ndarray  # (m, 2) prompts used: the clicks, the seeds' origins, then one per iteration
     new_per_iteration: list[int]  # points added by each FPR iteration (after the clicks' HSG)
     converged: bool  # True: the last iteration found nothing new; False: the bound was hit
     hit_bound: bool
@@ -55,28 +56,36 @@ def fpr(
     min_component_cells: int = 3,
     merge_radius: float,
     max_iterations: int = 100,
+    seeds: Sequence[tuple[Prototype, np.ndarray]] = (),
 ) -> FPRResult:
-    """HSG from every click of one type, then FPR until no new point (or the safety bound)."""
+    """HSG from every click of one type, then FPR until no new point (or the safety bound).
+
+    ``seeds`` are prompts whose prototype comes from elsewhere (another tile of a slide): each is
+    ``(prototype, origin_xy)``, where the origin (in this image's coordinates, possibly outside
+    it) counts as a used prompt, so that FPR first explores away from where the type was clicked.
+    """
     clicks = np.asarray(clicks_xy, dtype=np.float64).reshape(-1, 2)
-    if len(clicks) == 0:
-        raise ValueError("FPR needs at least one click")
+    if len(clicks) == 0 and len(seeds) == 0:
+        raise ValueError("FPR needs at least one click or seed")
     if max_iterations < 0:
         raise ValueError("max_iterations must be >= 0")
 
+    starts: list[tuple[np.ndarray, Prototype | None]] = [(c, None) for c in clicks]
+    starts += [(np.asarray(o, dtype=np.float64).reshape(2), proto) for proto, o in seeds]
     t0 = time.perf_counter()
     pts = np.zeros((0, 2))
     found_by = np.zeros(0, dtype=np.int64)
-    for i, click in enumerate(clicks):
-        res = hsg(index, click, gating=gating, min_component_cells=min_component_cells)
+    for i, (click, proto) in enumerate(starts):
+        res = hsg(index, click, gating=gating, min_component_cells=min_component_cells, prototype=proto)
         fresh = _new_points(res.points_xy, pts, merge_radius)
         pts = np.concatenate([pts, res.points_xy[fresh]])
         found_by = np.concatenate([found_by, np.full(int(fresh.sum()), i, dtype=np.int64)])
     hsg_seconds = time.perf_counter() - t0
 
-    prompts = [c for c in clicks]
+    prompts = [c for c, _ in starts]
     # distance from each reliable point to its nearest used prompt
     nearest = np.full(len(pts), np.inf)
-    for c in clicks:
+    for c in prompts:
         nearest = np.minimum(nearest, np.hypot(pts[:, 0] - c[0], pts[:, 1] - c[1]))
 
     new_counts: list[int] = []

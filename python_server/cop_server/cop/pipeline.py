@@ -15,7 +15,7 @@ import numpy as np
 from cop_server.cop.assemble import AssemblyStats, Candidate, Instance, assemble
 from cop_server.cop.fpr import fpr
 from cop_server.cop.hsg import Gating
-from cop_server.cop.similarity import SimilarityIndex
+from cop_server.cop.similarity import Prototype, SimilarityIndex
 from cop_server.models.base import Features, PromptableModel, decode_in_batches
 
 
@@ -34,6 +34,19 @@ class Click:
     x: float
     y: float
     type_index: int = 0
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A prompt whose prototype was taken elsewhere (e.g. the slide tile holding the click).
+
+    ``origin_xy`` is where it was taken, in this image's coordinates (it may lie outside the
+    image); it counts as a used prompt for FPR but is not decoded here.
+    """
+
+    type_index: int
+    prototype: Prototype
+    origin_xy: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -108,10 +121,13 @@ def run_cop(
     types: Sequence[CellType],
     params: CopParams = CopParams(),
     index: SimilarityIndex | None = None,
+    seeds: Sequence[Seed] = (),
 ) -> CopResult:
     """Run CoP for every clicked type on an encoded image.
 
-    Types without a click are skipped (and reported); a click's ``type_index`` must index ``types``.
+    Clicks are inside the image and decoded themselves; ``seeds`` carry prototypes from elsewhere
+    (see :class:`Seed`). Types with neither are skipped (and reported); ``type_index`` must index
+    ``types``.
     """
     types = list(types)
     h, w = features.image_shape
@@ -120,6 +136,9 @@ def run_cop(
             raise ValueError(f"click ({c.x}, {c.y}) has class index {c.type_index}, but there are {len(types)} classes")
         if not (0 <= c.x < w and 0 <= c.y < h):
             raise ValueError(f"click ({c.x}, {c.y}) is outside the {w}x{h} image")
+    for sd in seeds:
+        if not 0 <= sd.type_index < len(types):
+            raise ValueError(f"seed has class index {sd.type_index}, but there are {len(types)} classes")
     t0 = time.perf_counter()
     index = index or SimilarityIndex(features)
     index_seconds = time.perf_counter() - t0
@@ -132,11 +151,12 @@ def run_cop(
     prototypes: dict[int, np.ndarray] = {}
     for t, ctype in enumerate(types):
         mine = np.array([[c.x, c.y] for c in clicks if c.type_index == t], dtype=np.float64).reshape(-1, 2)
-        if len(mine) == 0:
+        my_seeds = [(sd.prototype, np.asarray(sd.origin_xy, dtype=np.float64)) for sd in seeds if sd.type_index == t]
+        if len(mine) == 0 and not my_seeds:
             warnings.append(f"class '{ctype.name}' has no click and was skipped")
             continue
-        # the type's F_l prototype (mean of its clicks' unit vectors) settles cross-type claims
-        protos = np.stack([index.prototype(p).low for p in mine])
+        # the type's F_l prototype (mean of its prompts' unit vectors) settles cross-type claims
+        protos = np.stack([index.prototype(p).low for p in mine] + [pr.low for pr, _ in my_seeds])
         mean = protos.mean(axis=0)
         prototypes[t] = mean / max(float(np.linalg.norm(mean)), 1e-12)
 
@@ -147,6 +167,7 @@ def run_cop(
             min_component_cells=params.min_component_cells,
             merge_radius=radius,
             max_iterations=params.max_iterations,
+            seeds=my_seeds,
         )
         if grown.hit_bound:
             warnings.append(

@@ -120,12 +120,17 @@ class DecodedBatch:
 class PromptableModel(ABC):
     """A frozen encoder plus a point-prompt decoder.
 
-    Subclasses set ``name`` (the value of ``--model``) and ``decode_batch_size`` (how many point
-    prompts one decoder pass takes; the algorithm chunks larger requests).
+    Subclasses set ``name`` (the value of ``--model``), ``decode_batch_size`` (how many point
+    prompts one decoder pass takes; the algorithm chunks larger requests), and for slides
+    ``native_tile`` and ``preferred_mpp``.
     """
 
     name: str = "abstract"
     decode_batch_size: int = 64
+    #: the tile side (pixels) the encoder is made for; slides are tiled at this size
+    native_tile: int = 1024
+    #: microns per pixel the model expects cells at (None: the slide pipeline's default)
+    preferred_mpp: float | None = None
 
     @abstractmethod
     def encode(self, image: np.ndarray) -> Features:

@@ -1,0 +1,1 @@
+"""Whole-slide regions: reading, tile planning, cross-tile prompts, stitching, streaming output."""
