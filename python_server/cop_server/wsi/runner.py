@@ -20,7 +20,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Hashable, Iterator, Protocol, Sequence
 
 import numpy as np
 from shapely import affinity
@@ -33,7 +33,7 @@ from cop_server.cop import CellType, Click, CopParams, Seed, SimilarityIndex, ru
 from cop_server.cop.similarity import Prototype
 from cop_server.io.geojson import Detection
 from cop_server.io.polygons import mask_to_polygon
-from cop_server.models.base import InstanceMask, PromptableModel, decode_in_batches
+from cop_server.models.base import Features, InstanceMask, PromptableModel, decode_in_batches
 from cop_server.wsi.planning import (
     DEFAULT_MAX_CELL_UM,
     DEFAULT_TARGET_MPP,
@@ -85,16 +85,36 @@ class SlideSummary:
     warnings: list[str] = field(default_factory=list)
 
 
-class SlideSegmenter:
-    """Runs one slide request; iterate :meth:`run` to get results tile by tile."""
+class EncodingCache(Protocol):
+    """Where encodings of tiles are kept between requests (the server's LRU implements it)."""
 
-    def __init__(self, model: PromptableModel, slide: SlideSource, request: SlideRequest) -> None:
+    def get(self, key: Hashable) -> Features | None: ...
+
+    def put(self, key: Hashable, features: Features) -> None: ...
+
+
+class SlideSegmenter:
+    """Runs one slide request; iterate :meth:`run` to get results tile by tile.
+
+    With an ``encoding_cache``, a tile already encoded for the same slide identity, box,
+    downsample and model is neither read nor encoded again (its pixels are only read when a cell
+    needs its stain measurements).
+    """
+
+    def __init__(
+        self,
+        model: PromptableModel,
+        slide: SlideSource,
+        request: SlideRequest,
+        encoding_cache: EncodingCache | None = None,
+    ) -> None:
         if not request.clicks:
             raise ValueError("at least one click is needed")
         for x, y, t in request.clicks:
             if not 0 <= t < len(request.types):
                 raise ValueError(f"click ({x}, {y}) has class index {t}, but there are {len(request.types)} classes")
         self.model, self.slide, self.request = model, slide, request
+        self.cache = encoding_cache
         self.summary = SlideSummary()
         target = request.target_mpp or model.preferred_mpp or DEFAULT_TARGET_MPP
         self.downsample = working_downsample(slide.mpp, target, request.downsample)
@@ -126,6 +146,27 @@ class SlideSegmenter:
         x, y = int(round(cx - full / 2)), int(round(cy - full / 2))
         return Tile(-1, -1, -1, x, y, full, full, (x, y, x + full, y + full), self.tile_px, self.tile_px)
 
+    def _cache_key(self, tile: Tile) -> tuple:
+        return (self.slide.identity, tile.x, tile.y, tile.w, tile.h, tile.out_w, tile.out_h, self.model.name)
+
+    def encode_tile(self, tile: Tile) -> tuple[Features, np.ndarray | None, float, float]:
+        """(features, pixels or None when cached, read seconds, encode seconds)."""
+        key = self._cache_key(tile)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.summary.counts["cache_hits"] += 1
+                return hit, None, 0.0, 0.0
+        t0 = time.perf_counter()
+        pixels = self.slide.read(tile.x, tile.y, tile.w, tile.h, self.downsample)
+        t1 = time.perf_counter()
+        feats = self.model.encode(pixels)
+        t2 = time.perf_counter()
+        self.summary.counts["tiles_encoded"] += 1
+        if self.cache is not None:
+            self.cache.put(key, feats)
+        return feats, pixels, t1 - t0, t2 - t1
+
     # -- prototypes ---------------------------------------------------------------------------
     def prototypes(self) -> list[tuple[int, Prototype, tuple[float, float]]]:
         """(class, prototype, level-0 click) for every click, each from a window centred on it."""
@@ -133,7 +174,7 @@ class SlideSegmenter:
             out = []
             for x, y, t in self.request.clicks:
                 win = self.window(x, y)
-                feats = self.model.encode(self.slide.read(win.x, win.y, win.w, win.h, self.downsample))
+                feats, _, _, _ = self.encode_tile(win)
                 index = SimilarityIndex(feats)
                 out.append((t, index.prototype(win.to_tile(np.array([x, y]))), (float(x), float(y))))
             self._prototypes = out
@@ -169,12 +210,7 @@ class SlideSegmenter:
         req, ds = self.request, self.downsample
         sec: dict[str, float] = {}
         counts: dict[str, int] = defaultdict(int)
-        t0 = time.perf_counter()
-        image = self.slide.read(tile.x, tile.y, tile.w, tile.h, ds)
-        sec["read"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        feats = self.model.encode(image)
-        sec["encode"] = time.perf_counter() - t0
+        feats, image, sec["read"], sec["encode"] = self.encode_tile(tile)
 
         t0 = time.perf_counter()
         index = SimilarityIndex(feats)
@@ -236,9 +272,14 @@ class SlideSegmenter:
             if self._is_duplicate(poly, tile):
                 counts["duplicates_dropped"] += 1
                 continue
-            if source is image and hed is None:
-                hed = rgb2hed(image)
-            stains = hed if source is image else rgb2hed(source)
+            if source is image:
+                if image is None:  # encoding came from the cache: read the pixels for the stains
+                    image = source = self.slide.read(tile.x, tile.y, tile.w, tile.h, ds)
+                if hed is None:
+                    hed = rgb2hed(image)
+                stains = hed
+            else:
+                stains = rgb2hed(source)
             ctype = req.types[inst.type_index]
             detections.append(
                 Detection(
@@ -271,8 +312,9 @@ class SlideSegmenter:
         """Decode the cell's prompt again in a window centred on it; (mask, window, pixels) or None."""
         px, py = tile.to_level0(np.array(point_xy))
         win = self.window(px, py)
-        pixels = self.slide.read(win.x, win.y, win.w, win.h, self.downsample)
-        feats = self.model.encode(pixels)
+        feats, pixels, _, _ = self.encode_tile(win)
+        if pixels is None:
+            pixels = self.slide.read(win.x, win.y, win.w, win.h, self.downsample)
         out = decode_in_batches(self.model, feats, win.to_tile(np.array([[px, py]])))
         mask = out.masks[0]
         if mask.mask.size == 0 or not mask.mask.any():

@@ -33,6 +33,11 @@ class SlideSource(ABC):
     height: int
     mpp: float | None  # microns per level-0 pixel (mean of x and y), None when unknown
 
+    @property
+    def identity(self) -> str:
+        """A stable name for caches: the resolved file path (remote sources use the client's id)."""
+        return str(Path(self.path).resolve())
+
     @abstractmethod
     def read(self, x: int, y: int, w: int, h: int, downsample: float = 1.0) -> np.ndarray:
         """RGB uint8 of the level-0 box, resampled by ``downsample`` (>= 1 shrinks)."""
@@ -96,10 +101,15 @@ class ArraySource(SlideSource):
     """A plain (non-pyramidal) image held in memory."""
 
     def __init__(self, image: np.ndarray, path: Path | None = None, mpp: float | None = None) -> None:
+        self._anonymous = path is None
         self.path = path or Path("<array>")
         self._image = np.ascontiguousarray(image)
         self.height, self.width = self._image.shape[:2]
         self.mpp = mpp
+
+    @property
+    def identity(self) -> str:
+        return f"array:{id(self._image)}" if self._anonymous else super().identity
 
     def read(self, x: int, y: int, w: int, h: int, downsample: float = 1.0) -> np.ndarray:
         if w <= 0 or h <= 0:
