@@ -6,24 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
-
-def write_pyramid(path: Path, image: np.ndarray, mpp: float | None = 0.25, levels: int = 3, tile: int = 256) -> Path:
-    """A tiled RGB TIFF with reduced-resolution levels (OpenSlide's generic-tiff layout)."""
-    opts: dict = dict(tile=(tile, tile), photometric="rgb", compression="zlib")
-    if mpp:
-        opts.update(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
-    with tifffile.TiffWriter(path) as tw:
-        tw.write(np.ascontiguousarray(image), subfiletype=0, **opts)
-        level = image
-        for _ in range(levels - 1):
-            h, w = level.shape[0] // 2 * 2, level.shape[1] // 2 * 2
-            level = level[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3)).astype(np.uint8)
-            if min(level.shape[:2]) < tile:
-                break
-            tw.write(np.ascontiguousarray(level), subfiletype=1, **opts)
-    return path
+from cop_server.wsi.pyramid import write_pyramid  # noqa: F401  (re-exported for the tests)
 
 
 def point_annotations(path: Path, points: list[tuple[float, float, str | None]]) -> Path:

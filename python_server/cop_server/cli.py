@@ -226,6 +226,13 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_slide(args: argparse.Namespace) -> int:
+    from cop_server.wsi.bench import run_slide_bench
+
+    run_slide_bench(print_fn=print, shared=Path(args.shared) if args.shared else None)
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from cop_server.models import DEFAULT_MODEL, available_models
 
@@ -303,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: the first MoNuSeg image under --shared)")
     spd.add_argument("--shared", default=None, help="the shared data folder (default ../shared/data)")
     spd.set_defaults(func=cmd_bench_speed)
+
+    bsl = sub.add_parser("bench-slide", help="memory, time per stage, seams and chaining on a stitched test slide")
+    bsl.add_argument("--shared", default=None, help="the shared data folder (default ../shared/data)")
+    bsl.set_defaults(func=cmd_bench_slide)
 
     mod = sub.add_parser("models", help="list the available models and what each needs")
     mod.set_defaults(func=cmd_models)
