@@ -178,9 +178,7 @@ def run_bench(
     datasets = find_datasets(root)
     jobs: list[tuple[str, Path]] = []
     for d in datasets:
-        label = str(d.relative_to(root)) if d != root else d.name
-        if label == ".":
-            label = d.name
+        label = str(d.relative_to(root)) if d != root else f"{d.parent.name}/{d.name}"
         paths = image_paths(d)
         jobs.extend((label, p) for p in (paths[:limit] if limit else paths))
     iterator: Iterable = progress(jobs) if progress else jobs

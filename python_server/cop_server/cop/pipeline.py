@@ -62,7 +62,7 @@ class CopParams:
 
     gating: Gating = Gating.PRODUCT
     min_component_cells: int = 3
-    merge_radius_cells: float = 2.0
+    merge_radius_cells: float = 2.5
     max_iterations: int = 100
     nms_iou: float = 0.5
     min_instance_area: int = 8

@@ -182,10 +182,14 @@ class HEWatershedModel(PromptableModel):
     """Classical H&E nucleus model: filter-bank encoder + watershed look-up decoder (not SAM)."""
 
     name = MODEL_NAME
+    native_tile = 1024
 
     def __init__(self, options: HEWatershedOptions | None = None) -> None:
         self.options = options or HEWatershedOptions()
         self.decode_batch_size = int(self.options.decode_batch_size)
+        # the defaults were tuned on 40x scans (about 0.25 um/px, nuclei ~20 px wide); slides are
+        # tiled at the resolution where nuclei have the configured diameter
+        self.preferred_mpp = 0.25 * 20.0 / self.options.nucleus_diameter
 
     def describe(self) -> str:
         o = self.options
