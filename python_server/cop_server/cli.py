@@ -233,6 +233,18 @@ def cmd_bench_slide(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cop_server.server.app import serve_from_args
+
+    return serve_from_args(args)
+
+
+def cmd_bench_server(args: argparse.Namespace) -> int:
+    from cop_server.server.bench import bench_server_from_args
+
+    return bench_server_from_args(args)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from cop_server.models import DEFAULT_MODEL, available_models
 
@@ -314,6 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     bsl = sub.add_parser("bench-slide", help="memory, time per stage, seams and chaining on a stitched test slide")
     bsl.add_argument("--shared", default=None, help="the shared data folder (default ../shared/data)")
     bsl.set_defaults(func=cmd_bench_slide)
+
+    from cop_server.server.options import add_bench_server_arguments, add_serve_arguments
+
+    srv = sub.add_parser("serve", help="run the gRPC inference server that QuPath and scripts talk to",
+                         description="Serve the CoP protocol (proto/cop/v1/cop.proto): one model, loaded once; "
+                                     "loopback only unless --token or TLS; stops cleanly on SIGTERM/SIGINT.")
+    add_serve_arguments(srv)
+    srv.set_defaults(func=cmd_serve)
+
+    bsv = sub.add_parser("bench-server", help="measure the server: gRPC overhead and a bounded loopback load test",
+                         description="Starts `cop serve` on loopback, compares gRPC with the in-process pipeline "
+                                     "on the same tiles (both pixel modes), then runs K clients x M sessions.")
+    add_bench_server_arguments(bsv)
+    bsv.set_defaults(func=cmd_bench_server)
 
     mod = sub.add_parser("models", help="list the available models and what each needs")
     mod.set_defaults(func=cmd_models)
