@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from cop_server.cop.assemble import AssemblyStats, Candidate, Instance, assemble
 from cop_server.cop.fpr import fpr
@@ -160,15 +161,18 @@ def run_cop(
         mean = protos.mean(axis=0)
         prototypes[t] = mean / max(float(np.linalg.norm(mean)), 1e-12)
 
-        grown = fpr(
-            index,
-            mine,
-            gating=params.gating,
-            min_component_cells=params.min_component_cells,
-            merge_radius=radius,
-            max_iterations=params.max_iterations,
-            seeds=my_seeds,
-        )
+        # HSG's products are small and many: BLAS threads only add synchronisation (and stall
+        # badly when cores are shared), so the whole recursion runs on one BLAS thread.
+        with threadpool_limits(limits=1, user_api="blas"):
+            grown = fpr(
+                index,
+                mine,
+                gating=params.gating,
+                min_component_cells=params.min_component_cells,
+                merge_radius=radius,
+                max_iterations=params.max_iterations,
+                seeds=my_seeds,
+            )
         if grown.hit_bound:
             warnings.append(
                 f"class '{ctype.name}': FPR stopped at its safety bound of {params.max_iterations} iterations "
