@@ -178,7 +178,9 @@ def run_bench(
     datasets = find_datasets(root)
     jobs: list[tuple[str, Path]] = []
     for d in datasets:
-        label = str(d.relative_to(root)) if d != root else f"{d.parent.name}/{d.name}"
+        rel = d.relative_to(root)
+        # at least "set/split" (MoNuSeg/test), whichever folder the bench was pointed at
+        label = str(rel) if len(rel.parts) >= 2 else str(Path(*(d.parts[-2:])))
         paths = image_paths(d)
         jobs.extend((label, p) for p in (paths[:limit] if limit else paths))
     iterator: Iterable = progress(jobs) if progress else jobs
