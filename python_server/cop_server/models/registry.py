@@ -63,3 +63,36 @@ register(
         factory="cop_server.models.he_watershed:build",
     )
 )
+
+# --- PyTorch backends (optional extra `cop-server[sam]`; see docs/models.md) -----------------
+_SAM_EXTRA = "pip install 'cop-server[sam]' (PyTorch, sam3, segment-anything)"
+
+register(
+    ModelSpec(
+        name="sam3",
+        summary="Meta's SAM3 (ViT-L/14 at 1008 px), the paper's encoder: F_h/F_l = FPN levels 288x288/72x72, "
+        "its interactive point decoder; CUDA GPU recommended (bf16 encoder), CPU works "
+        "(1 to 2.5 min per tile on 2 cores)",
+        needs="--checkpoint sam3.pt: accept Meta's licence at https://huggingface.co/facebook/sam3 and download it "
+        f"there (never downloaded by cop); {_SAM_EXTRA}",
+        factory="cop_server.models.sam3_backend:build",
+        needs_checkpoint=True,
+    )
+)
+for _size, _file, _block in (
+    ("b", "sam_vit_b_01ec64.pth", 5),
+    ("l", "sam_vit_l_0b3195.pth", 11),
+    ("h", "sam_vit_h_4b8939.pth", 15),
+):
+    register(
+        ModelSpec(
+            name=f"sam1-vit-{_size}",
+            summary=f"SAM1 / uSAM (micro-sam) ViT-{_size.upper()} at 1024 px: F_h = ViT block {_block}, "
+            "F_l = image embedding (64x64), segment-anything's point decoder",
+            needs=f"--checkpoint {_file} from https://github.com/facebookresearch/segment-anything#model-checkpoints "
+            f"or a micro-sam/uSAM vit_{_size} model (never downloaded by cop); {_SAM_EXTRA}",
+            factory=f"cop_server.models.segment_anything_backend:build_vit_{_size}",
+            needs_checkpoint=True,
+        )
+    )
+del _size, _file, _block
