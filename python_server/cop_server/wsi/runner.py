@@ -240,6 +240,10 @@ class SlideSegmenter:
             if not tile.core_contains(ax, ay):
                 counts["not_owned"] += 1
                 continue
+            # before any re-decoding or polygon work: a cell outside the regions is not wanted
+            if self._prepared is not None and not self._prepared.contains(Point(ax, ay)):
+                counts["outside_regions"] += 1
+                continue
             mask, transform, source = inst.mask, tile, image
             if self._touches_inner_edge(inst.mask, tile):
                 counts["cut_by_tile_edge"] += 1
@@ -259,9 +263,6 @@ class SlideSegmenter:
                 continue
             sx, sy = transform.scale
             poly = affinity.affine_transform(poly, [sx, 0, 0, sy, transform.x, transform.y])
-            if self._prepared is not None and not self._prepared.contains(Point(ax, ay)):
-                counts["outside_regions"] += 1
-                continue
             if self._union is not None and not self._prepared.contains(poly):
                 clipped = _largest(poly.intersection(self._union))
                 if clipped is None:
