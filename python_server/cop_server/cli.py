@@ -114,8 +114,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     n = write_outputs(detections, out, overlay, image, clicks, types)
     total = time.perf_counter() - t0
 
-    for w in result.warnings:
-        print(f"cop: warning: {w}", file=sys.stderr)
+    _warn(result.warnings)
     for run in result.runs:
         t = types[run.type_index]
         bound = " (stopped at the iteration bound)" if run.hit_bound else ""
@@ -128,10 +127,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         )
     _say(args, f"encoding {result.encode_seconds:.2f} s, total {total:.2f} s; wrote {n} detections to {out}"
                + (f" and the overlay to {overlay}" if overlay else ""))
-    if n == 0:
-        print(f"cop: no cell found; wrote an empty FeatureCollection to {out}", file=sys.stderr)
-        return EXIT_EMPTY
-    return EXIT_OK
+    return _exit_for(n, out)
 
 
 def cmd_segment_slide(args: argparse.Namespace) -> int:
@@ -145,8 +141,7 @@ def cmd_segment_slide(args: argparse.Namespace) -> int:
 
     clickset = read_clicks(args.clicks)
     regions, region_warnings = (read_regions(args.regions) if args.regions else (None, []))
-    for w in clickset.warnings + region_warnings:
-        print(f"cop: warning: {w}", file=sys.stderr)
+    _warn(clickset.warnings + region_warnings)
     types = [CellType(n, clickset.colors.get(n) or default_class_color(n)) for n in clickset.class_names]
     clicks = [(p.x, p.y, clickset.class_names.index(p.class_name)) for p in clickset.points]
     out = Path(args.out)
@@ -163,8 +158,7 @@ def cmd_segment_slide(args: argparse.Namespace) -> int:
             seg = SlideSegmenter(model, slide, request)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
-        for w in seg.plan.warnings:
-            print(f"cop: warning: {w}", file=sys.stderr)
+        _warn(seg.plan.warnings)
         plan = seg.plan
         _say(args, f"{slide.path.name}: {slide.width} x {slide.height} px, mpp {slide.mpp or 'unknown'}; "
                    f"working downsample {seg.downsample:.3g}; {len(plan.tiles)} tiles of {seg.tile_px} px "
@@ -185,17 +179,13 @@ def cmd_segment_slide(args: argparse.Namespace) -> int:
             bar.close()
         total = time.perf_counter() - t0
     summ = seg.summary
-    for w in summ.warnings[len(plan.warnings):]:
-        print(f"cop: warning: {w}", file=sys.stderr)
+    _warn(summ.warnings[len(plan.warnings):])
     per_class = ", ".join(f"{k} {v}" for k, v in summ.per_class.items()) or "none"
     _say(args, f"wrote {n} detections to {out} in {total:.1f} s ({per_class})")
     secs = ", ".join(f"{k} {v:.1f} s" for k, v in summ.seconds.items())
     _say(args, f"time: {secs}")
     _say(args, "stitching: " + ", ".join(f"{k} {v}" for k, v in sorted(summ.counts.items())))
-    if n == 0:
-        print(f"cop: no cell found; wrote an empty FeatureCollection to {out}", file=sys.stderr)
-        return EXIT_EMPTY
-    return EXIT_OK
+    return _exit_for(n, out)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -251,6 +241,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     for spec in available_models():
         mark = " (default)" if spec.name == DEFAULT_MODEL else ""
         print(f"{spec.name}{mark}\n    {spec.summary}\n    needs: {spec.needs}")
+    return EXIT_OK
+
+
+def _warn(warnings) -> None:
+    for w in warnings:
+        print(f"cop: warning: {w}", file=sys.stderr)
+
+
+def _exit_for(n: int, out: Path) -> int:
+    """Success, or exit 3 (said on stderr) when the run found no cell."""
+    if n == 0:
+        print(f"cop: no cell found; wrote an empty FeatureCollection to {out}", file=sys.stderr)
+        return EXIT_EMPTY
     return EXIT_OK
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cop_server.models.base import Features, image_to_cell
+from cop_server.models.base import Features, cell_to_image, image_to_cell
 
 
 def bilinear_matrix(n_out: int, out_cell: float, n_in: int, in_cell: float) -> np.ndarray:
@@ -128,5 +128,4 @@ class SimilarityIndex:
 
     def cell_centres_xy(self, rows_cols: np.ndarray) -> np.ndarray:
         """Continuous high-grid (row, col) -> image (x, y)."""
-        rc = np.asarray(rows_cols, dtype=np.float64).reshape(-1, 2)
-        return np.stack([(rc[:, 1] + 0.5) * self.high_cell[1], (rc[:, 0] + 0.5) * self.high_cell[0]], axis=1)
+        return cell_to_image(rows_cols, self.high_cell)

@@ -427,15 +427,4 @@ def _largest(geom) -> Polygon | None:
     return max(polys, key=lambda g: g.area) if polys else None
 
 
-def segment_slide(
-    model: PromptableModel,
-    slide: SlideSource,
-    request: SlideRequest,
-    progress: Callable[[int, int, int], None] | None = None,
-) -> tuple[SlideSegmenter, Iterator[Detection]]:
-    """Convenience: the segmenter (for its plan and summary) and its detection stream."""
-    seg = SlideSegmenter(model, slide, request)
-    return seg, seg.detections(progress)
-
-
-__all__: Sequence[str] = ["SlideRequest", "SlideSegmenter", "SlideSummary", "TileOutcome", "segment_slide"]
+__all__: Sequence[str] = ["SlideRequest", "SlideSegmenter", "SlideSummary", "TileOutcome"]
