@@ -146,3 +146,15 @@ def test_bench_prints_the_protocol_table_on_a_typed_set(capsys, shared_data):
 def test_bench_on_a_missing_folder_is_a_clear_error(capsys, tmp_path):
     code, _, err = run(capsys, "bench", str(tmp_path / "nowhere"))
     assert code == 2 and "not found" in err
+
+
+def test_bench_models_refuses_a_malformed_checkpoint_option_in_one_line(capsys):
+    code, _, err = run(capsys, "bench-models", "--models", "sam3", "--checkpoint", "sam3.pt")
+    assert code == 2 and "MODEL=PATH" in err and "Traceback" not in err
+
+
+def test_bench_models_reports_a_model_that_cannot_be_measured(capsys, tmp_path):
+    """A missing checkpoint fails in the model's own process: reported, and the exit code says so."""
+    code, out, _ = run(capsys, "bench-models", "--models", "sam1-vit-b", "--device", "cpu",
+                       "--checkpoint", f"sam1-vit-b={tmp_path / 'absent.pth'}", "--batch-sizes", "1")
+    assert code == 1 and "sam1-vit-b failed" in out

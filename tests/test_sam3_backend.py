@@ -27,7 +27,8 @@ pytest.importorskip("sam3", reason="the sam extra is not installed (pip install 
 import torch.nn.functional as F  # noqa: E402
 
 from cop_server.cli import main as cli_main  # noqa: E402
-from cop_server.cop import CellType, Click, CopParams, SimilarityIndex, fpr, run_cop  # noqa: E402
+from cop_server.cop import CellType, Click, run_cop  # noqa: E402
+from sam_support import assert_features_stay_on_the_device, few_point_setting  # noqa: E402
 from cop_server.errors import InputError, ModelError  # noqa: E402
 from cop_server.models import load_model  # noqa: E402
 from cop_server.models import sam3_backend as sam3b  # noqa: E402
@@ -396,9 +397,7 @@ def test_holes_of_at_most_256_low_res_cells_are_filled_per_mask():
 def test_encoding_a_real_tile_gives_the_documented_feature_maps(encoded, tile, model):
     h, w = tile.shape[:2]
     assert encoded.high.shape == (256, 288, 288) and encoded.low.shape == (256, 72, 72)
-    assert encoded.high.dtype == np.float32 and encoded.low.dtype == np.float32
-    assert isinstance(encoded.high, np.ndarray) and encoded.high.flags.c_contiguous and encoded.low.flags.c_contiguous
-    assert np.isfinite(encoded.high).all() and np.isfinite(encoded.low).all()
+    assert_features_stay_on_the_device(encoded, model.device)
     assert encoded.image_shape == (h, w)
     assert np.allclose(encoded.high_cell, (h / 288, w / 288)) and np.allclose(encoded.low_cell, (h / 72, w / 72))
     state = encoded.decoder_state
@@ -506,31 +505,6 @@ def test_decoding_matches_sam3s_own_interactive_predictor(model, encoded, probe_
         theirs = masks[0] > 0
         mine = ours.masks[k].to_full((h, w))
         assert (mine != theirs).sum() <= 0.001 * max(1, theirs.sum()) + 2
-
-
-def few_point_setting(features, budget: int) -> tuple[CopParams, list[tuple[float, float]]]:
-    """CoP parameters and two clicks for which HSG + FPR find only a few reliable points.
-
-    Random weights make noise-like features on which one click may spread to hundreds of points
-    (each one decoded on a 2-core CPU) or to none. From a fixed grid of candidate clicks this picks
-    one that finds between 1 and ``budget`` points and another that finds at most ``budget``,
-    raising the minimum component size (and then lowering the iteration bound) until that holds,
-    so that FPR, batched decoding and assembly all run within the suite's time budget.
-    """
-    index = SimilarityIndex(features)
-    h, w = features.image_shape
-    grid = [(w * fx, h * fy) for fy in (0.2, 0.5, 0.8) for fx in (0.2, 0.5, 0.8)]
-    for max_iterations in (3, 1):
-        for min_cells in (3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64):
-            params = CopParams(max_iterations=max_iterations, min_component_cells=min_cells)
-            radius = params.merge_radius_px(features)
-            counts = [len(fpr(index, np.array([c]), min_component_cells=min_cells, merge_radius=radius,
-                              max_iterations=max_iterations).points_xy) for c in grid]
-            some = [c for c, n in zip(grid, counts) if 1 <= n <= budget]
-            few = [c for c, n in zip(grid, counts) if n <= budget]
-            if some and len(few) >= 2:
-                return params, [some[0], next(c for c in few if c != some[0])]
-    return CopParams(max_iterations=1, min_component_cells=10_000), grid[:2]  # the clicks alone
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ torch = pytest.importorskip("torch", reason="the sam extra is not installed (pip
 pytest.importorskip("segment_anything", reason="the sam extra is not installed (pip install -e '.[sam]')")
 
 from cop_server.cli import main as cli_main  # noqa: E402
-from cop_server.cop import CellType, Click, CopParams, SimilarityIndex, fpr, run_cop  # noqa: E402
+from cop_server.cop import CellType, Click, run_cop  # noqa: E402
+from sam_support import assert_features_stay_on_the_device, few_point_setting  # noqa: E402
 from cop_server.errors import ModelError  # noqa: E402
 from cop_server.models import load_model  # noqa: E402
 from cop_server.models import segment_anything_backend as sab  # noqa: E402
@@ -149,11 +150,10 @@ def test_defaults_follow_segment_anything(model):
 
 
 @pytest.mark.slow
-def test_encoding_a_real_tile_gives_block_and_embedding_maps(encoded, tile):
-    assert encoded.high.shape == (768, 64, 64)  # ViT-B block 5 output, channels first
-    assert encoded.low.shape == (256, 64, 64)  # the image embedding
-    assert encoded.high.dtype == np.float32 and encoded.low.dtype == np.float32
-    assert np.isfinite(encoded.high).all() and np.isfinite(encoded.low).all()
+def test_encoding_a_real_tile_gives_block_and_embedding_maps(model, encoded, tile):
+    assert tuple(encoded.high.shape) == (768, 64, 64)  # ViT-B block 5 output, channels first
+    assert tuple(encoded.low.shape) == (256, 64, 64)  # the image embedding
+    assert_features_stay_on_the_device(encoded, model.device)
     assert encoded.high_cell == (16.0, 16.0) and encoded.low_cell == (16.0, 16.0)
     assert encoded.image_shape == tile.shape[:2] == (1024, 1024)
     assert tuple(encoded.decoder_state.image_embed.shape) == (1, 256, 64, 64)
@@ -196,7 +196,7 @@ def test_other_tile_sizes_and_the_hooked_block(model, monkeypatch, size, fit):
             blocks[i] = blk
     grid = g.grid(64)
     assert feats.high.shape == (768, grid.rows, grid.cols) and feats.low.shape == (256, grid.rows, grid.cols)
-    assert np.allclose(feats.high, tokens[:, : grid.rows, : grid.cols].numpy(), atol=1e-6)
+    assert np.allclose(feats.high.numpy(), tokens[:, : grid.rows, : grid.cols].numpy(), atol=1e-6)
     assert feats.high_cell == grid.cell == feats.low_cell
     assert not any(len(b._forward_hooks) for b in model.sam.image_encoder.blocks)  # the hook is removed
 
@@ -265,31 +265,6 @@ def test_features_of_another_model_are_refused(model, encoded):
         other.decode(encoded, np.array([[5.0, 5.0]]))
 
 
-def few_point_setting(features, budget: int) -> tuple[CopParams, list[tuple[float, float]]]:
-    """CoP parameters and two clicks for which HSG + FPR find only a few reliable points.
-
-    Random weights make noise-like features on which one click may spread to hundreds of points
-    (each one decoded on a 2-core CPU) or to none. From a fixed grid of candidate clicks this picks
-    one that finds between 1 and ``budget`` points and another that finds at most ``budget``,
-    raising the minimum component size (and then lowering the iteration bound) until that holds,
-    so that FPR, batched decoding and assembly all run within the suite's time budget.
-    """
-    index = SimilarityIndex(features)
-    h, w = features.image_shape
-    grid = [(w * fx, h * fy) for fy in (0.2, 0.5, 0.8) for fx in (0.2, 0.5, 0.8)]
-    for max_iterations in (3, 1):
-        for min_cells in (3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64):
-            params = CopParams(max_iterations=max_iterations, min_component_cells=min_cells)
-            radius = params.merge_radius_px(features)
-            counts = [len(fpr(index, np.array([c]), min_component_cells=min_cells, merge_radius=radius,
-                              max_iterations=max_iterations).points_xy) for c in grid]
-            some = [c for c, n in zip(grid, counts) if 1 <= n <= budget]
-            few = [c for c, n in zip(grid, counts) if n <= budget]
-            if some and len(few) >= 2:
-                return params, [some[0], next(c for c in few if c != some[0])]
-    return CopParams(max_iterations=1, min_component_cells=10_000), grid[:2]  # the clicks alone
-
-
 @pytest.mark.slow
 def test_cop_runs_end_to_end_on_sam1_deterministically(model, encoded, tile):
     params, (a, b) = few_point_setting(encoded, budget=15)
@@ -304,3 +279,17 @@ def test_cop_runs_end_to_end_on_sam1_deterministically(model, encoded, tile):
         assert run.decoder_calls == -(-run.decoded_points // model.decode_batch_size)
     for inst in first.instances:
         assert inst.type_index in (0, 1) and inst.mask.area > 0
+
+
+@pytest.mark.slow
+def test_cop_gives_the_same_cells_with_its_similarity_on_the_models_device(model, encoded):
+    """The device path (PyTorch index over the encoder's tensors, as on a GPU) equals the host path."""
+    from cop_server.cop import similarity_index
+
+    params, (a, b) = few_point_setting(encoded, budget=15)
+    clicks = [Click(a[0], a[1], 0), Click(b[0], b[1], 1)]
+    types = [CellType("A"), CellType("B")]
+    on_host = run_cop(model, encoded, clicks, types, params, index=similarity_index(encoded, backend="numpy"))
+    on_device = run_cop(model, encoded, clicks, types, params, index=similarity_index(encoded, backend="torch"))
+    assert [len(r.prompts_xy) for r in on_device.runs] == [len(r.prompts_xy) for r in on_host.runs]
+    assert np.array_equal(on_device.labels, on_host.labels)

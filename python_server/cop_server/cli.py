@@ -216,6 +216,19 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_models(args: argparse.Namespace) -> int:
+    from cop_server.models._torch_bench import run_model_bench
+
+    checkpoints = {}
+    for item in args.checkpoint:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise InputError(f"--checkpoint takes MODEL=PATH (e.g. sam3=/weights/sam3.pt), got '{item}'")
+        checkpoints[name] = path
+    records = run_model_bench(args.models, device=args.device, checkpoints=checkpoints, batch_sizes=args.batch_sizes)
+    return EXIT_OK if len(records) == len(args.models) else EXIT_INTERNAL
+
+
 def cmd_bench_slide(args: argparse.Namespace) -> int:
     from cop_server.wsi.bench import run_slide_bench
 
@@ -329,6 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     bsl = sub.add_parser("bench-slide", help="memory, time per stage, seams and chaining on a stitched test slide")
     bsl.add_argument("--shared", default=None, help="the shared data folder (default ../shared/data)")
     bsl.set_defaults(func=cmd_bench_slide)
+
+    bmd = sub.add_parser("bench-models", help="build, encode and decode timings and memory of the PyTorch models",
+                         description="Each model in its own process, random weights unless a checkpoint is given "
+                                     "(timings do not depend on the weights); see docs/models.md.")
+    bmd.add_argument("--models", nargs="+", default=["sam3", "sam1-vit-b"], help="default: sam3 sam1-vit-b")
+    bmd.add_argument("--device", default=None, help="auto (default: CUDA when available), cpu, cuda")
+    bmd.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH",
+                     help="time a real checkpoint's loading too, e.g. sam3=/weights/sam3.pt (repeatable)")
+    bmd.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 16, 64], help="prompts per decoder pass")
+    bmd.set_defaults(func=cmd_bench_models)
 
     from cop_server.server.options import add_bench_server_arguments, add_serve_arguments
 

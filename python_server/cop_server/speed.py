@@ -2,7 +2,9 @@
 
 1. HSG and one FPR iteration on a 256 x 288 x 288 high-resolution grid with a 256 x 72 x 72
    low-resolution grid (SAM3's sizes at 1008 px), on one core (BLAS limited to one thread), and a
-   check that float32 similarity gives the same reliable points as float64.
+   check that float32 similarity gives the same reliable points as float64. Then the same with
+   the PyTorch index that GPU encoders use (on every device PyTorch sees here), checked against
+   the host index.
 2. Peak memory added by decoding 800 cells on a 1000 x 1000 image with the default model.
 3. Per-click timings on one 1000 x 1000 H&E image: encoding, HSG, FPR per iteration, decoding,
    and decoder calls versus points.
@@ -19,7 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from threadpoolctl import threadpool_limits
 
-from cop_server.cop import CellType, Click, CopParams, SimilarityIndex, fpr, hsg, run_cop
+from cop_server.cop import CellType, Click, CopParams, SimilarityIndex, fpr, hsg, run_cop, similarity_index
 from cop_server.models.base import Features, decode_in_batches
 
 
@@ -74,6 +76,60 @@ def bench_hsg_grid(print_fn: Callable[[str], None], repeat: int = 20) -> dict[st
     return out
 
 
+def bench_device_index(print_fn: Callable[[str], None], repeat: int = 20) -> dict[str, dict[str, float]]:
+    """The PyTorch similarity index on each available device, checked against the host index.
+
+    On a GPU this is what a SAM backend runs: the maps never leave the device and each HSG call
+    returns only ``G`` to the host (labelling stays on the host), so the figure to read is the
+    FPR iteration, not the GEMV alone.
+    """
+    try:
+        import torch
+    except ImportError:
+        print_fn("PyTorch index: skipped (PyTorch is not installed; pip install 'cop-server[sam]')")
+        return {}
+    from cop_server.models._torch_common import sync
+
+    feats = sam3_sized_features()
+    host = SimilarityIndex(feats)
+    p = np.array([504.0, 504.0])
+    reference = hsg(host, p).points_xy
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results: dict[str, dict[str, float]] = {}
+    for name in devices:
+        device = torch.device(name)
+        on_device = Features(torch.from_numpy(feats.high).to(device), torch.from_numpy(feats.low).to(device),
+                             feats.high_cell, feats.low_cell, feats.image_shape)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the host figures above are one core; compare like with like
+        try:
+            with threadpool_limits(limits=1):
+                t0 = time.perf_counter()
+                index = similarity_index(on_device, backend="torch")
+                sync(device)
+                build_s = time.perf_counter() - t0
+                proto = index.prototype(p)
+                out = {
+                    "index_build_s": build_s,
+                    "product_ms": _median_ms(lambda: index.product_similarity(proto), repeat),
+                    "hsg_ms": _median_ms(lambda: hsg(index, p), repeat),
+                }
+                grown = fpr(index, p[None], merge_radius=7.0, max_iterations=repeat)
+                out["fpr_iteration_ms"] = 1000 * float(np.median(grown.iteration_seconds))
+                pts = hsg(index, p).points_xy
+        finally:
+            torch.set_num_threads(threads)
+        same = pts.shape == reference.shape and bool(np.allclose(pts, reference, atol=1e-3))
+        out["same_points_as_host"] = float(same)
+        results[name] = out
+        label = torch.cuda.get_device_name(device) if name == "cuda" else "CPU, one thread"
+        print_fn(f"PyTorch index on {name} ({label}), same grid:")
+        print_fn(f"  index build {out['index_build_s']:.2f} s; G = S_h * S_l to the host {out['product_ms']:.2f} ms; "
+                 f"HSG {out['hsg_ms']:.2f} ms; one FPR iteration {out['fpr_iteration_ms']:.2f} ms")
+        print_fn(f"  same reliable points as the host index: {'yes' if same else 'NO'} ({len(pts)} vs {len(reference)})")
+    return results
+
+
 def bench_decode_memory(print_fn: Callable[[str], None], image: np.ndarray, n_points: int = 800) -> dict[str, float]:
     from cop_server.models import load_model
 
@@ -118,6 +174,7 @@ def run_speed_bench(print_fn: Callable[[str], None] = print, image_path: str | N
     from cop_server.io.images import read_image
 
     bench_hsg_grid(print_fn)
+    bench_device_index(print_fn)
     shared = shared or Path("../shared/data")
     image, click, name = None, None, None
     if image_path:

@@ -7,7 +7,7 @@ from cop_server.cop.assemble import AssemblyStats, Candidate, Instance, assemble
 from cop_server.cop.fpr import FPRResult, fpr
 from cop_server.cop.hsg import Gating, HSGResult, hsg
 from cop_server.cop.pipeline import CellType, Click, CopParams, CopResult, Seed, TypeRun, run_cop, segment_image
-from cop_server.cop.similarity import Prototype, SimilarityIndex
+from cop_server.cop.similarity import Prototype, SimilarityIndex, similarity_index
 
 __all__ = [
     "AssemblyStats",
@@ -29,4 +29,5 @@ __all__ = [
     "segment_image",
     "Prototype",
     "SimilarityIndex",
+    "similarity_index",
 ]

@@ -73,13 +73,13 @@ def hsg(
 ) -> HSGResult:
     """Run HSG from one prompt (image coordinates) and return its reliable set ``R(p)``."""
     proto = prototype if prototype is not None else index.prototype(np.asarray(point_xy, dtype=np.float64))
-    s_h = index.high_similarity(proto)
     if gating == Gating.PRODUCT:
-        gate = s_h * index.low_similarity(proto)
+        gate = index.product_similarity(proto)
         tau = float(gate.mean() + gate.std())
         cent, peak, n = _weighted_centroids(gate, gate > tau, min_component_cells)
         return HSGResult(index.cell_centres_xy(cent), peak, tau, n)
     if gating == Gating.CANDIDATE:
+        s_h = index.high_similarity(proto)
         tau = float(s_h.mean() + s_h.std())
         cent, peak, n = _weighted_centroids(s_h, s_h > tau, min_component_cells)
         if len(cent) == 0:

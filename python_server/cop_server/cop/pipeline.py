@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 from cop_server.cop.assemble import AssemblyStats, Candidate, Instance, assemble
 from cop_server.cop.fpr import fpr
 from cop_server.cop.hsg import Gating
-from cop_server.cop.similarity import Prototype, SimilarityIndex
+from cop_server.cop.similarity import Prototype, SimilarityIndex, similarity_index
 from cop_server.models.base import Features, PromptableModel, decode_in_batches
 
 
@@ -141,7 +141,7 @@ def run_cop(
         if not 0 <= sd.type_index < len(types):
             raise ValueError(f"seed has class index {sd.type_index}, but there are {len(types)} classes")
     t0 = time.perf_counter()
-    index = index or SimilarityIndex(features)
+    index = index or similarity_index(features)
     index_seconds = time.perf_counter() - t0
     radius = params.merge_radius_px(features)
     batch = params.decode_batch_size or model.decode_batch_size

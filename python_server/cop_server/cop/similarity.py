@@ -14,11 +14,18 @@ Done literally, every similarity would read two C x H_h x W_h maps (about 85 MB 
 The bilinear weights follow the ``align_corners=False`` convention (cell centres at half-cells,
 edge clamping), computed from the cell sizes in image pixels so that grids which cover slightly
 different extents (cropped padding) still line up in image space.
+
+Where the maps live: :func:`similarity_index` builds this numpy index for host arrays (and for
+PyTorch tensors on the CPU, viewed without a copy), and the PyTorch index of
+:mod:`cop_server.cop.similarity_torch` for tensors on an accelerator, so that a GPU encoder's
+feature maps never leave the GPU: only the gated map ``G`` (one float per high-grid cell) and the
+prototypes (one vector each) cross to the host, where labelling and FPR's bookkeeping run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -53,19 +60,12 @@ class Prototype:
 
 
 class SimilarityIndex:
-    """Per-image precomputation for HSG: built once, queried once per prompt."""
+    """Per-image precomputation for HSG: built once, queried once per prompt (host arrays)."""
 
     def __init__(self, features: Features, dtype: np.dtype = np.float32) -> None:
         high = np.asarray(features.high, dtype=np.float32)
         low = np.asarray(features.low, dtype=np.float32)
-        if high.ndim != 3 or low.ndim != 3:
-            raise ValueError(f"feature maps must be C x H x W, got {high.shape} and {low.shape}")
-        self.grid: tuple[int, int] = (high.shape[1], high.shape[2])
-        self.low_grid: tuple[int, int] = (low.shape[1], low.shape[2])
-        self.high_cell = tuple(float(v) for v in features.high_cell)
-        self.low_cell = tuple(float(v) for v in features.low_cell)
-        self.image_shape = tuple(int(v) for v in features.image_shape)
-        self.dtype = np.dtype(dtype)
+        self._set_geometry(features, high.shape, low.shape, dtype)
 
         # (N, C) row-major so that one similarity is one contiguous GEMV.
         flat_high = high.reshape(high.shape[0], -1).T.astype(self.dtype)
@@ -74,9 +74,20 @@ class SimilarityIndex:
         self._high = np.ascontiguousarray(flat_high)
 
         self._low = np.ascontiguousarray(low.reshape(low.shape[0], -1).T.astype(self.dtype))  # (N_l, C_l)
+        self._low_norm = self._upsampled_low_norm(low)
+
+    def _set_geometry(self, features: Features, high_shape: tuple, low_shape: tuple, dtype: np.dtype) -> None:
+        """Grids, cell sizes and the bilinear matrices: the same for every backend (host, float)."""
+        if len(high_shape) != 3 or len(low_shape) != 3:
+            raise ValueError(f"feature maps must be C x H x W, got {tuple(high_shape)} and {tuple(low_shape)}")
+        self.grid: tuple[int, int] = (int(high_shape[1]), int(high_shape[2]))
+        self.low_grid: tuple[int, int] = (int(low_shape[1]), int(low_shape[2]))
+        self.high_cell = tuple(float(v) for v in features.high_cell)
+        self.low_cell = tuple(float(v) for v in features.low_cell)
+        self.image_shape = tuple(int(v) for v in features.image_shape)
+        self.dtype = np.dtype(dtype)
         self._ry = bilinear_matrix(self.grid[0], self.high_cell[0], self.low_grid[0], self.low_cell[0]).astype(self.dtype)
         self._rx = bilinear_matrix(self.grid[1], self.high_cell[1], self.low_grid[1], self.low_cell[1]).astype(self.dtype)
-        self._low_norm = self._upsampled_low_norm(low)
 
     def _upsampled_low_norm(self, low: np.ndarray) -> np.ndarray:
         """|U(x)| on the high grid, built channel-chunk by channel-chunk to bound memory."""
@@ -116,6 +127,10 @@ class SimilarityIndex:
         np.clip(s, 0.0, 1.0, out=s)
         return s
 
+    def product_similarity(self, proto: Prototype) -> np.ndarray:
+        """HSG's gated map ``G = S_h * S_l`` on the high grid (host array)."""
+        return self.high_similarity(proto) * self.low_similarity(proto)
+
     def low_similarity_at(self, proto_low: np.ndarray, cells: np.ndarray) -> np.ndarray:
         """``S_l`` of one prototype at given high-grid cells only (cheap: for gating candidates)."""
         cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
@@ -129,3 +144,42 @@ class SimilarityIndex:
     def cell_centres_xy(self, rows_cols: np.ndarray) -> np.ndarray:
         """Continuous high-grid (row, col) -> image (x, y)."""
         return cell_to_image(rows_cols, self.high_cell)
+
+
+Backend = Literal["auto", "numpy", "torch"]
+
+
+def _torch_device_type(array: Any) -> str | None:
+    """``"cuda"``, ``"cpu"``, ... for a PyTorch tensor; ``None`` for anything else (torch not imported)."""
+    if type(array).__module__.split(".")[0] != "torch":
+        return None
+    return str(array.device.type)
+
+
+def _host_view(array: Any) -> Any:
+    return array.detach().numpy() if _torch_device_type(array) is not None else array
+
+
+def similarity_index(features: Features, backend: Backend = "auto", dtype: np.dtype = np.float32) -> SimilarityIndex:
+    """The index for these features, where their maps live.
+
+    ``auto``: tensors on an accelerator get the PyTorch index on that device; everything else
+    (numpy arrays, CPU tensors) the numpy index, which on a CPU is as fast and honours the
+    one-BLAS-thread limit that FPR runs under. ``torch`` forces the PyTorch index (tests, benchmarks).
+    """
+    if backend not in ("auto", "numpy", "torch"):
+        raise ValueError(f"unknown similarity backend {backend!r}: use auto, numpy or torch")
+    device = _torch_device_type(features.high)
+    if backend == "torch" or (backend == "auto" and device not in (None, "cpu")):
+        from cop_server.cop.similarity_torch import TorchSimilarityIndex
+
+        return TorchSimilarityIndex(features, dtype=dtype)
+    if device is not None or _torch_device_type(features.low) is not None:  # CPU tensors: zero-copy views
+        features = Features(
+            high=_host_view(features.high),
+            low=_host_view(features.low),
+            high_cell=features.high_cell,
+            low_cell=features.low_cell,
+            image_shape=features.image_shape,
+        )
+    return SimilarityIndex(features, dtype=dtype)

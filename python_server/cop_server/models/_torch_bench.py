@@ -1,6 +1,6 @@
 """Speed and memory of the PyTorch backends: build, encode (fp32 / bf16), decode per point.
 
-Meant to back a ``cop bench-models`` command (``run_model_bench``) and runnable as a script::
+Behind ``cop bench-models`` (``run_model_bench``) and runnable as a script::
 
     python -m cop_server.models._torch_bench                       # sam3 and sam1-vit-b, auto device
     python -m cop_server.models._torch_bench --models sam1-vit-b --device cpu --batch-sizes 1 4 16 64
@@ -22,6 +22,9 @@ What is measured, per model:
 * ``decode_ms_per_point[B]``: decoder passes of ``B`` single-point prompts (device work and the
   host transfer of the low-res logits), and ``postprocess_ms_per_point[B]`` the host work after
   it (hole filling, exact crop upsampling).
+* ``index_build_ms``, ``gate_map_ms``, ``hsg_ms``: CoP's similarity index on the encoded tile,
+  where :func:`~cop_server.cop.similarity.similarity_index` puts it (the device on a GPU), the
+  gated map ``G`` delivered to the host, and one HSG call (map, threshold, labelling).
 """
 
 from __future__ import annotations
@@ -142,6 +145,7 @@ def bench_one(
         t_post = time.perf_counter() - t
         out["decode_ms_per_point"][int(b)] = 1000 * t_dec / n
         out["postprocess_ms_per_point"][int(b)] = 1000 * t_post / n
+    out.update(_similarity_timings(feats, dev))
     if gpu:
         out["cuda_peak_gb"] = torch.cuda.max_memory_allocated(dev) / 1024**3
     out["peak_rss_gb"] = _rss_gb()
@@ -170,7 +174,10 @@ def run_model_bench(
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
-            print_fn(f"  {name} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+            last = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+            if last.startswith("cop_server.errors."):  # the error's own message, without the class path
+                last = last.partition(": ")[2]
+            print_fn(f"  {name} failed (exit {proc.returncode}): {last}")
             continue
         records.append(json.loads(lines[-1]))
     for rec in records:
@@ -191,9 +198,41 @@ def format_record(rec: dict[str, Any]) -> str:
         f"  encode one native tile: fp32 {rec['encode_fp32_s']:.2f} s; bf16 {bf16}",
         f"  decode per point: {dec}",
         f"  host post-processing per point (random-weight masks, pessimistic): {post}",
+        f"  CoP similarity ({rec['similarity_index']}): index {rec['index_build_ms']:.0f} ms once per tile; "
+        f"G to the host {rec['gate_map_ms']:.1f} ms; HSG {rec['hsg_ms']:.1f} ms per prompt",
         "  load average at the end (1, 5, 15 min): " + ", ".join(f"{v:.1f}" for v in rec.get("load_average", [])),
     ]
     return "\n".join(lines)
+
+
+def _similarity_timings(feats: Any, dev: Any, repeats: int = 10) -> dict[str, Any]:
+    """CoP's similarity on these real features, where ``similarity_index`` puts it (the device on a GPU)."""
+    from cop_server.cop import hsg, similarity_index
+    from cop_server.models._torch_common import sync
+
+    sync(dev)
+    t = time.perf_counter()
+    index = similarity_index(feats)
+    sync(dev)
+    build_ms = 1000 * (time.perf_counter() - t)
+    h, w = feats.image_shape
+    centre = np.array([w / 2, h / 2])
+    proto = index.prototype(centre)
+    index.product_similarity(proto)  # warm-up
+    times = {"product": [], "hsg": []}
+    for _ in range(repeats):
+        t = time.perf_counter()
+        index.product_similarity(proto)
+        times["product"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        hsg(index, centre)
+        times["hsg"].append(time.perf_counter() - t)
+    return {
+        "similarity_index": type(index).__name__,
+        "index_build_ms": build_ms,
+        "gate_map_ms": 1000 * float(np.median(times["product"])),
+        "hsg_ms": 1000 * float(np.median(times["hsg"])),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,8 +27,8 @@ Features (METHOD.md's ``F_h`` and ``F_l``)
     cell), ``F_l`` = level 2 (256 x 72 x 72, 14 px per cell, the level the detector's grounding
     runs on). This is what the paper's public code reads (``backbone_out["backbone_fpn"][0]`` and
     ``[2]`` of ``Sam3Processor.set_image``). ``features="interactive"`` takes the same levels of the
-    SAM2-style neck instead. Both are returned as float32 numpy arrays on the host, because CoP's
-    :class:`~cop_server.cop.similarity.SimilarityIndex` is numpy today.
+    SAM2-style neck instead. Both stay on the model's device as float32 tensors; CoP's similarity
+    runs there (:func:`~cop_server.cop.similarity.similarity_index`).
 
 Decoder
     The image embedding (SAM2 neck level 2 plus the predictor's ``no_mem_embed``) and the two
@@ -61,7 +61,6 @@ Devices
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -74,9 +73,7 @@ from cop_server.models._torch_common import (
     CheckpointPart,
     ConstructionMode,
     LoadReport,
-    LowResMaskSampler,
     TileGeometry,
-    as_rgb_uint8,
     fill_small_holes,
     load_into,
     preprocess,
@@ -84,9 +81,8 @@ from cop_server.models._torch_common import (
     require_prefixes,
     require_torch,
     resolve_device,
-    sync,
 )
-from cop_server.models.base import DecodedBatch, Features, InstanceMask, PromptableModel
+from cop_server.models.torch_model import ForwardOutput, SamDecoderState, TorchSamModel
 
 if TYPE_CHECKING:
     import torch
@@ -180,18 +176,6 @@ def official_state_dict(modules: "torch.nn.Module") -> dict[str, Any]:
 
 
 @dataclass
-class Sam3DecoderState:
-    """What decoding needs from an encoded image; it stays on the model's device."""
-
-    owner: int  # id() of the model that encoded the image
-    geometry: TileGeometry
-    image_embed: Any  # 1 x 256 x 72 x 72
-    high_res: tuple[Any, Any]  # (1 x 32 x 288 x 288, 1 x 64 x 144 x 144)
-    image_pe: Any  # 1 x 256 x 72 x 72 dense positional encoding of the prompt encoder
-    sampler: LowResMaskSampler
-
-
-@dataclass
 class Sam3Timings:
     """Seconds spent constructing the modules and reading/copying the checkpoint."""
 
@@ -199,10 +183,11 @@ class Sam3Timings:
     load_s: float = 0.0
 
 
-class Sam3Model(PromptableModel):
+class Sam3Model(TorchSamModel):
     """SAM3's frozen encoder and interactive point decoder behind CoP's model interface."""
 
     name = MODEL_NAME
+    input_size = INPUT_SIZE
 
     def __init__(
         self,
@@ -246,115 +231,45 @@ class Sam3Model(PromptableModel):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-    # -- encoder ---------------------------------------------------------------------------
+    # -- the two passes (encode, decode and the data flow are TorchSamModel's) ---------------
 
-    def _autocast(self):
-        torch = require_torch(MODEL_NAME)
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _preprocess(self, rgb: np.ndarray, geometry: TileGeometry) -> "torch.Tensor":
+        return preprocess(rgb, geometry, (MEAN_STD[0],) * 3, (MEAN_STD[1],) * 3, self.device)
 
-    def geometry_for(self, height: int, width: int) -> TileGeometry:
-        """How a tile of this size is placed on the 1008 px canvas."""
-        return TileGeometry.fit_tile(height, width, INPUT_SIZE, self.fit)
-
-    def encode(self, image: np.ndarray) -> Features:
-        torch = require_torch(MODEL_NAME)
-        t0 = time.perf_counter()
-        rgb = as_rgb_uint8(image)
-        geometry = self.geometry_for(rgb.shape[0], rgb.shape[1])
+    def _forward(self, canvas: "torch.Tensor") -> ForwardOutput:
+        """The vision backbone (in the encoder precision), then the decoder's inputs in float32,
+        exactly as ``Sam3Image.predict_inst`` prepares them."""
         tracker = self.modules.tracker
-        with torch.inference_mode():
-            canvas = preprocess(rgb, geometry, (MEAN_STD[0],) * 3, (MEAN_STD[1],) * 3, self.device)
-            sync(self.device)
-            t1 = time.perf_counter()
-            with self._autocast():
-                detector_fpn, _, interactive_fpn, _ = self.modules.vision(canvas)
-            sync(self.device)
-            t2 = time.perf_counter()
-            fpn = detector_fpn if self.features_from == "detector" else interactive_fpn
-            high_grid = geometry.grid(fpn[0].shape[-2], fpn[0].shape[-1])
-            low_grid = geometry.grid(fpn[2].shape[-2], fpn[2].shape[-1])
-            high = fpn[0][0, :, : high_grid.rows, : high_grid.cols].float()
-            low = fpn[2][0, :, : low_grid.rows, : low_grid.cols].float()
-            # the interactive predictor's inputs, exactly as Sam3Image.predict_inst prepares them
-            decoder = tracker.sam_mask_decoder
-            s0 = decoder.conv_s0(interactive_fpn[0].float())
-            s1 = decoder.conv_s1(interactive_fpn[1].float())
-            embed = interactive_fpn[2].float() + tracker.no_mem_embed.view(1, -1, 1, 1).float()
-            image_pe = tracker.sam_prompt_encoder.get_dense_pe()
-            high_np = np.ascontiguousarray(high.cpu().numpy())  # the neck may return channels-last memory
-            low_np = np.ascontiguousarray(low.cpu().numpy())
-        t3 = time.perf_counter()
-        state = Sam3DecoderState(
-            owner=id(self),
-            geometry=geometry,
-            image_embed=embed,
-            high_res=(s0, s1),
-            image_pe=image_pe,
-            sampler=LowResMaskSampler(geometry, MASK_GRID),
-        )
-        return Features(
-            high=high_np,
-            low=low_np,
-            high_cell=high_grid.cell,
-            low_cell=low_grid.cell,
-            image_shape=(rgb.shape[0], rgb.shape[1]),
-            decoder_state=state,
-            model_name=self.name,
-            timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "features_to_host_s": t3 - t2, "encode_s": t3 - t0},
+        with self._autocast():
+            detector_fpn, _, interactive_fpn, _ = self.modules.vision(canvas)
+        fpn = detector_fpn if self.features_from == "detector" else interactive_fpn
+        decoder = tracker.sam_mask_decoder
+        return ForwardOutput(
+            high=fpn[0][0],
+            low=fpn[2][0],
+            image_embed=interactive_fpn[2].float() + tracker.no_mem_embed.view(1, -1, 1, 1).float(),
+            image_pe=tracker.sam_prompt_encoder.get_dense_pe(),
+            mask_grid=MASK_GRID,
+            high_res=(decoder.conv_s0(interactive_fpn[0].float()), decoder.conv_s1(interactive_fpn[1].float())),
         )
 
-    # -- decoder ---------------------------------------------------------------------------
-
-    def _state(self, features: Features) -> Sam3DecoderState:
-        state = features.decoder_state
-        if not isinstance(state, Sam3DecoderState) or state.owner != id(self):
-            raise ValueError(f"these features were not encoded by this {self.name} model (model '{features.model_name}')")
-        return state
-
-    def decode_logits(self, features: Features, points_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Low-resolution mask logits (``N x 288 x 288``, before hole filling) and predicted IoUs.
-
-        One decoder pass per chunk of ``decode_batch_size`` prompts; the only host transfer is the
-        logits and scores of the chunk.
-        """
-        torch = require_torch(MODEL_NAME)
-        state = self._state(features)
-        pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
-        if len(pts) == 0:
-            return np.zeros((0,) + state.sampler.shape, np.float32), np.zeros(0, np.float32)
+    def _decode_pass(self, state: SamDecoderState, coords: "torch.Tensor", labels: "torch.Tensor"):
         tracker = self.modules.tracker
-        coords_all = state.geometry.prompt_coords(pts).astype(np.float32)
-        logits_out: list[np.ndarray] = []
-        scores_out: list[np.ndarray] = []
-        with torch.inference_mode():
-            for start in range(0, len(pts), self.decode_batch_size):
-                chunk = coords_all[start : start + self.decode_batch_size]
-                coords = torch.from_numpy(chunk).to(self.device).view(-1, 1, 2)
-                labels = torch.ones((coords.shape[0], 1), dtype=torch.int32, device=self.device)
-                sparse, dense = tracker.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-                low_res, iou, _, _ = tracker.sam_mask_decoder(
-                    image_embeddings=state.image_embed,
-                    image_pe=state.image_pe,
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=False,
-                    repeat_image=True,
-                    high_res_features=list(state.high_res),
-                )
-                logits_out.append(low_res[:, 0].float().cpu().numpy())
-                scores_out.append(iou[:, 0].float().cpu().numpy())
-        return np.concatenate(logits_out), np.concatenate(scores_out).astype(np.float32)
+        sparse, dense = tracker.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low_res, iou, _, _ = tracker.sam_mask_decoder(
+            image_embeddings=state.image_embed,
+            image_pe=state.image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+            repeat_image=True,
+            high_res_features=list(state.high_res),
+        )
+        return low_res, iou
 
-    def masks_from_logits(self, features: Features, logits: np.ndarray) -> list[InstanceMask]:
-        """SAM3's post-processing on the host: fill small holes, upsample exactly, crop (see the module doc)."""
-        state = self._state(features)
-        return state.sampler.to_masks(fill_small_holes(logits, self.max_hole_area))
-
-    def decode(self, features: Features, points_xy: np.ndarray) -> DecodedBatch:
-        logits, scores = self.decode_logits(features, points_xy)
-        return DecodedBatch(self.masks_from_logits(features, logits), scores)
+    def _postprocess_logits(self, logits: np.ndarray) -> np.ndarray:
+        """SAM3's own post-processing: fill holes up to ``max_hole_area`` low-res cells."""
+        return fill_small_holes(logits, self.max_hole_area)
 
     def describe(self) -> str:
         source = f"checkpoint {self.checkpoint}" if self.checkpoint else "random weights"

@@ -37,7 +37,6 @@ Input tiles
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,18 +48,15 @@ from cop_server.models._torch_common import (
     CheckpointPart,
     ConstructionMode,
     LoadReport,
-    LowResMaskSampler,
     TileGeometry,
-    as_rgb_uint8,
     load_into,
     preprocess,
     read_checkpoint,
     require_prefixes,
     require_torch,
     resolve_device,
-    sync,
 )
-from cop_server.models.base import DecodedBatch, Features, InstanceMask, PromptableModel
+from cop_server.models.torch_model import ForwardOutput, SamDecoderState, TorchSamModel
 
 if TYPE_CHECKING:
     import torch
@@ -127,19 +123,10 @@ def official_state_dict(sam: "torch.nn.Module") -> dict[str, Any]:
     return dict(sam.state_dict())
 
 
-@dataclass
-class SamDecoderState:
-    """What decoding needs from an encoded image; it stays on the model's device."""
-
-    owner: int
-    geometry: TileGeometry
-    image_embed: Any  # 1 x 256 x 64 x 64
-    image_pe: Any  # 1 x 256 x 64 x 64
-    sampler: LowResMaskSampler
-
-
-class SegmentAnythingModel(PromptableModel):
+class SegmentAnythingModel(TorchSamModel):
     """A SAM1-architecture model (official SAM or uSAM weights) behind CoP's model interface."""
+
+    input_size = INPUT_SIZE
 
     def __init__(
         self,
@@ -180,100 +167,39 @@ class SegmentAnythingModel(PromptableModel):
         self.build_seconds = build_seconds
         self.load_seconds = load_seconds
 
-    def geometry_for(self, height: int, width: int) -> TileGeometry:
-        return TileGeometry.fit_tile(height, width, INPUT_SIZE, self.fit)
+    # -- the two passes (encode, decode and the data flow are TorchSamModel's) ---------------
 
-    def _autocast(self):
-        torch = require_torch(self.name)
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _preprocess(self, rgb: np.ndarray, geometry: TileGeometry) -> "torch.Tensor":
+        return preprocess(rgb, geometry, PIXEL_MEAN, PIXEL_STD, self.device)
 
-    def encode(self, image: np.ndarray) -> Features:
-        torch = require_torch(self.name)
-        t0 = time.perf_counter()
-        rgb = as_rgb_uint8(image)
-        geometry = self.geometry_for(rgb.shape[0], rgb.shape[1])
+    def _forward(self, canvas: "torch.Tensor") -> ForwardOutput:
+        """The image encoder, with ``F_h`` taken from block ``high_block`` by a forward hook."""
         captured: list[Any] = []
         hook = self.sam.image_encoder.blocks[self.high_block].register_forward_hook(
             lambda _module, _inputs, output: captured.append(output)
         )
         try:
-            with torch.inference_mode():
-                canvas = preprocess(rgb, geometry, PIXEL_MEAN, PIXEL_STD, self.device)
-                sync(self.device)
-                t1 = time.perf_counter()
-                with self._autocast():
-                    embed = self.sam.image_encoder(canvas)  # 1 x 256 x 64 x 64
-                sync(self.device)
-                t2 = time.perf_counter()
-                block = captured[-1][0].permute(2, 0, 1)  # blocks are channels-last: 64 x 64 x C
-                high_grid = geometry.grid(block.shape[-2], block.shape[-1])
-                low_grid = geometry.grid(embed.shape[-2], embed.shape[-1])
-                high_np = np.ascontiguousarray(block[:, : high_grid.rows, : high_grid.cols].float().cpu().numpy())
-                low_np = np.ascontiguousarray(embed[0, :, : low_grid.rows, : low_grid.cols].float().cpu().numpy())
-                image_pe = self.sam.prompt_encoder.get_dense_pe()
-                mask_grid = 4 * embed.shape[-1]  # the decoder upsamples the embedding 4x
+            with self._autocast():
+                embed = self.sam.image_encoder(canvas)  # 1 x 256 x 64 x 64
         finally:
             hook.remove()
-        t3 = time.perf_counter()
-        state = SamDecoderState(
-            owner=id(self),
-            geometry=geometry,
+        return ForwardOutput(
+            high=captured[-1][0].permute(2, 0, 1),  # blocks are channels-last: 64 x 64 x C
+            low=embed[0],
             image_embed=embed.float(),
-            image_pe=image_pe,
-            sampler=LowResMaskSampler(geometry, mask_grid),
-        )
-        return Features(
-            high=high_np,
-            low=low_np,
-            high_cell=high_grid.cell,
-            low_cell=low_grid.cell,
-            image_shape=(rgb.shape[0], rgb.shape[1]),
-            decoder_state=state,
-            model_name=self.name,
-            timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "features_to_host_s": t3 - t2, "encode_s": t3 - t0},
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            mask_grid=4 * embed.shape[-1],  # the decoder upsamples the embedding 4x
         )
 
-    def _state(self, features: Features) -> SamDecoderState:
-        state = features.decoder_state
-        if not isinstance(state, SamDecoderState) or state.owner != id(self):
-            raise ValueError(f"these features were not encoded by this {self.name} model (model '{features.model_name}')")
-        return state
-
-    def decode_logits(self, features: Features, points_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Low-resolution mask logits (``N x 256 x 256``) and predicted IoUs, one pass per chunk."""
-        torch = require_torch(self.name)
-        state = self._state(features)
-        pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
-        if len(pts) == 0:
-            return np.zeros((0,) + state.sampler.shape, np.float32), np.zeros(0, np.float32)
-        coords_all = state.geometry.prompt_coords(pts).astype(np.float32)
-        logits_out: list[np.ndarray] = []
-        scores_out: list[np.ndarray] = []
-        with torch.inference_mode():
-            for start in range(0, len(pts), self.decode_batch_size):
-                coords = torch.from_numpy(coords_all[start : start + self.decode_batch_size]).to(self.device).view(-1, 1, 2)
-                labels = torch.ones((coords.shape[0], 1), dtype=torch.int32, device=self.device)
-                sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-                low_res, iou = self.sam.mask_decoder(
-                    image_embeddings=state.image_embed,
-                    image_pe=state.image_pe,
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=False,
-                )
-                logits_out.append(low_res[:, 0].float().cpu().numpy())
-                scores_out.append(iou[:, 0].float().cpu().numpy())
-        return np.concatenate(logits_out), np.concatenate(scores_out).astype(np.float32)
-
-    def masks_from_logits(self, features: Features, logits: np.ndarray) -> list[InstanceMask]:
-        """Exact crop-wise upsampling of the logits (segment-anything fills no holes)."""
-        return self._state(features).sampler.to_masks(logits)
-
-    def decode(self, features: Features, points_xy: np.ndarray) -> DecodedBatch:
-        logits, scores = self.decode_logits(features, points_xy)
-        return DecodedBatch(self.masks_from_logits(features, logits), scores)
+    def _decode_pass(self, state: SamDecoderState, coords: "torch.Tensor", labels: "torch.Tensor"):
+        sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        return self.sam.mask_decoder(
+            image_embeddings=state.image_embed,
+            image_pe=state.image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
 
     def describe(self) -> str:
         source = f"checkpoint {self.checkpoint}" if self.checkpoint else "random weights"

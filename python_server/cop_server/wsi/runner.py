@@ -29,7 +29,7 @@ from shapely.ops import unary_union
 from shapely.prepared import prep
 from skimage.color import rgb2hed
 
-from cop_server.cop import CellType, Click, CopParams, Seed, SimilarityIndex, run_cop
+from cop_server.cop import CellType, Click, CopParams, Seed, SimilarityIndex, run_cop, similarity_index
 from cop_server.cop.similarity import Prototype
 from cop_server.io.geojson import Detection
 from cop_server.io.polygons import mask_to_polygon
@@ -175,7 +175,7 @@ class SlideSegmenter:
             for x, y, t in self.request.clicks:
                 win = self.window(x, y)
                 feats, _, _, _ = self.encode_tile(win)
-                index = SimilarityIndex(feats)
+                index = similarity_index(feats)
                 out.append((t, index.prototype(win.to_tile(np.array([x, y]))), (float(x), float(y))))
             self._prototypes = out
         return self._prototypes
@@ -213,7 +213,7 @@ class SlideSegmenter:
         feats, image, sec["read"], sec["encode"] = self.encode_tile(tile)
 
         t0 = time.perf_counter()
-        index = SimilarityIndex(feats)
+        index = similarity_index(feats)
         h, w = feats.image_shape
         clicks, seeds = [], []
         for t, proto, (cx, cy) in protos:
