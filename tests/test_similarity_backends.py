@@ -105,7 +105,9 @@ def test_tensors_on_an_accelerator_get_the_device_index(monkeypatch):
     assert isinstance(index, TorchSimilarityIndex) and len(built) == 1
 
 
-def test_the_device_index_holds_no_copy_of_the_high_resolution_map():
-    feats = as_tensors(smooth_features())
-    index = TorchSimilarityIndex(feats)
-    assert index._high_t.data_ptr() == feats.high.data_ptr()  # a view of the encoder's own tensor
+def test_neither_index_holds_a_copy_of_the_high_resolution_map():
+    """F_h is the big map (85 MB per SAM3 tile): both indexes read the encoder's own memory."""
+    feats = smooth_features()
+    assert np.shares_memory(SimilarityIndex(feats)._high, feats.high)
+    tensors = as_tensors(feats)
+    assert TorchSimilarityIndex(tensors)._high_t.data_ptr() == tensors.high.data_ptr()

@@ -67,7 +67,7 @@ def bench_hsg_grid(print_fn: Callable[[str], None], repeat: int = 20) -> dict[st
     print_fn("HSG on a 256 x 288 x 288 grid (+ 256 x 72 x 72 low-res), one core:")
     print_fn(f"  index build (once per image)  {out['index_build_s']:.2f} s")
     print_fn(f"  prototype                     {out['prototype_ms']:.2f} ms")
-    print_fn(f"  S_h (float32 GEMV)            {out['s_high_ms']:.2f} ms")
+    print_fn(f"  S_h (float32 vector x matrix) {out['s_high_ms']:.2f} ms")
     print_fn(f"  S_l (low-res dot + upsample)  {out['s_low_ms']:.2f} ms")
     print_fn(f"  HSG total                     {out['hsg_ms']:.2f} ms  ({out['hsg_points']:.0f} points)")
     print_fn(f"  one FPR iteration (median)    {out['fpr_iteration_ms']:.2f} ms  (goal < 15 ms)")

@@ -4,7 +4,8 @@ METHOD.md step 1 upsamples ``F_l`` bilinearly to the grid of ``F_h`` and L2-norm
 Done literally, every similarity would read two C x H_h x W_h maps (about 85 MB each for SAM3's
 256 x 288 x 288 grid). This index gives the same numbers with far less memory traffic:
 
-* ``S_h`` is one matrix-vector product over the normalised ``F_h`` (float32, the one big read).
+* ``S_h`` is one vector-matrix product over ``F_h`` in its own (C, H*W) layout, divided by the
+  column norms (float32, the one big read; no normalised copy of the map is made).
 * ``S_l`` uses linearity: with ``U(x) = sum_i w_i(x) F_l[i]`` the bilinear upsampling,
   ``<f_l, U(x)/|U(x)|> = (sum_i w_i(x) <f_l, F_l[i]>) / |U(x)|``. So the dot products are taken on
   the *low-resolution* grid (16x fewer cells for SAM3), upsampled as a scalar map with the same
@@ -67,13 +68,13 @@ class SimilarityIndex:
         low = np.asarray(features.low, dtype=np.float32)
         self._set_geometry(features, high.shape, low.shape, dtype)
 
-        # (N, C) row-major so that one similarity is one contiguous GEMV.
-        flat_high = high.reshape(high.shape[0], -1).T.astype(self.dtype)
-        norms = np.linalg.norm(flat_high, axis=1, keepdims=True)
-        flat_high /= np.maximum(norms, 1e-12)
-        self._high = np.ascontiguousarray(flat_high)
-
-        self._low = np.ascontiguousarray(low.reshape(low.shape[0], -1).T.astype(self.dtype))  # (N_l, C_l)
+        # (C, N) views of the maps (no copy for float32 C x H x W input). A similarity is then a
+        # vector-matrix product, which streams the map once and measured twice as fast as the
+        # (N, C) matrix-vector form, and F_h is never normalised into a copy: S_h divides by
+        # the column norms, computed once.
+        self._high = high.reshape(high.shape[0], -1).astype(self.dtype, copy=False)
+        self._high_norm = np.maximum(np.sqrt(np.einsum("cn,cn->n", self._high, self._high)), 1e-12)
+        self._low = low.reshape(low.shape[0], -1).astype(self.dtype, copy=False)  # (C_l, N_l)
         self._low_norm = self._upsampled_low_norm(low)
 
     def _set_geometry(self, features: Features, high_shape: tuple, low_shape: tuple, dtype: np.dtype) -> None:
@@ -105,24 +106,26 @@ class SimilarityIndex:
     def prototype(self, point_xy: np.ndarray) -> Prototype:
         """``f_h = F_h[:, p]`` and ``f_l = normalise(upsample(F_l))[:, p]`` at the prompt's high-grid cell."""
         r, c = self.cells_of(point_xy)[0]
-        fh = self._high[r * self.grid[1] + c].copy()
+        k = r * self.grid[1] + c
+        fh = self._high[:, k] / self._high_norm[k]
         # only the (at most 2 x 2) low cells with non-zero bilinear weight contribute
         iy, ix = np.flatnonzero(self._ry[r]), np.flatnonzero(self._rx[c])
         wts = np.outer(self._ry[r, iy], self._rx[c, ix]).ravel()
         rows = (iy[:, None] * self.low_grid[1] + ix[None, :]).ravel()
-        up = wts @ self._low[rows]
+        up = self._low[:, rows] @ wts
         fl = up / max(float(np.linalg.norm(up)), 1e-12)
         return Prototype(high=fh, low=fl.astype(self.dtype), cell=(int(r), int(c)))
 
     def high_similarity(self, proto: Prototype) -> np.ndarray:
         """``S_h`` clamped to [0, 1], shape of the high grid."""
-        s = self._high @ proto.high
+        s = proto.high.astype(self.dtype, copy=False) @ self._high
+        s /= self._high_norm
         np.clip(s, 0.0, 1.0, out=s)
         return s.reshape(self.grid)
 
     def low_similarity(self, proto: Prototype) -> np.ndarray:
         """``S_l`` on the high grid, clamped to [0, 1], via low-grid dot products (see module doc)."""
-        d = (self._low @ proto.low).reshape(self.low_grid)
+        d = (proto.low.astype(self.dtype, copy=False) @ self._low).reshape(self.low_grid)
         s = (self._ry @ d @ self._rx.T) / self._low_norm
         np.clip(s, 0.0, 1.0, out=s)
         return s
@@ -136,7 +139,7 @@ class SimilarityIndex:
         cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
         if len(cells) == 0:
             return np.zeros(0, dtype=self.dtype)
-        d = (self._low @ proto_low).reshape(self.low_grid)
+        d = (np.asarray(proto_low, dtype=self.dtype) @ self._low).reshape(self.low_grid)
         vals = np.einsum("ni,ij,nj->n", self._ry[cells[:, 0]], d, self._rx[cells[:, 1]])
         s = vals / self._low_norm[cells[:, 0], cells[:, 1]]
         return np.clip(s, 0.0, 1.0)

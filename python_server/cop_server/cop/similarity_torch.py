@@ -5,13 +5,9 @@ feature maps already are. Per HSG call the device does the two products over the
 the clamping and the gating product; the host receives ``G`` (one float per high-grid cell,
 330 KB for SAM3) and runs the labelling, which is tiny and branchy work that GPUs do badly.
 
-Two choices differ from the host index, both to avoid touching the large map more than once:
-
-* ``F_h`` is not normalised into a second copy. ``S_h = (f_h . F_h[:, x]) / |F_h[:, x]|`` with the
-  column norms computed once, so the index holds no copy of ``F_h`` at all (the host index keeps a
-  normalised, transposed copy because numpy's GEMV wants contiguous rows).
-* The GEMV reads ``F_h`` in its (C, H*W) layout as a vector-matrix product, which cuBLAS runs at
-  memory bandwidth without a transposed copy.
+It follows the host index's scheme: ``S_h`` is the prototype times ``F_h`` in the encoder's own
+(C, H*W) layout divided by the column norms (computed once), so the index keeps no copy of the
+map and cuBLAS streams it once per query at memory bandwidth.
 
 Prototypes stay host vectors (C floats) so that they travel between tiles and indexes unchanged;
 each query copies one such vector to the device.
