@@ -111,3 +111,19 @@ def test_neither_index_holds_a_copy_of_the_high_resolution_map():
     assert np.shares_memory(SimilarityIndex(feats)._high, feats.high)
     tensors = as_tensors(feats)
     assert TorchSimilarityIndex(tensors)._high_t.data_ptr() == tensors.high.data_ptr()
+
+
+def test_queries_run_without_tf32_and_leave_the_process_setting_alone():
+    """SAM backends allow TF32 for their encoders; CoP's similarity must not inherit it."""
+    matmul = torch.backends.cuda.matmul
+    seen = []
+    previous = matmul.allow_tf32
+    matmul.allow_tf32 = True
+    try:
+        index = TorchSimilarityIndex(as_tensors(smooth_features()))
+        real_s_high = index._s_high
+        index._s_high = lambda v: (seen.append(matmul.allow_tf32), real_s_high(v))[1]
+        index.product_similarity(index.prototype(np.array([20.0, 20.0])))
+        assert seen == [False] and matmul.allow_tf32 is True
+    finally:
+        matmul.allow_tf32 = previous

@@ -11,11 +11,16 @@ map and cuBLAS streams it once per query at memory bandwidth.
 
 Prototypes stay host vectors (C floats) so that they travel between tiles and indexes unchanged;
 each query copies one such vector to the device.
+
+Precision: the SAM backends allow TF32 matrix products on CUDA for their encoders (a process-wide
+PyTorch setting). TF32 keeps 10 mantissa bits, enough to move a borderline cell across HSG's
+threshold, so every computation here runs with TF32 switched off and the setting restored after.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -26,6 +31,19 @@ if TYPE_CHECKING:
     import torch
 
 _TORCH_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
+
+
+@contextlib.contextmanager
+def _full_float32(torch) -> Iterator[None]:
+    """Inference mode with TF32 matrix products off (see the module doc), the old setting restored."""
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        matmul.allow_tf32 = previous
 
 
 class TorchSimilarityIndex(SimilarityIndex):
@@ -43,7 +61,7 @@ class TorchSimilarityIndex(SimilarityIndex):
         low = torch.as_tensor(features.low, device=self.device)
         self._set_geometry(features, tuple(high.shape), tuple(low.shape), dtype)
         self._tdtype = tdtype
-        with torch.inference_mode():
+        with _full_float32(torch):
             # (C, N) views of the maps: no copy when they already have this dtype and are contiguous
             self._high_t = high.to(tdtype).reshape(high.shape[0], -1).contiguous()
             self._high_norm_t = torch.linalg.vector_norm(self._high_t, dim=0).clamp_min_(1e-12)
@@ -86,7 +104,7 @@ class TorchSimilarityIndex(SimilarityIndex):
     def prototype(self, point_xy: np.ndarray) -> Prototype:
         torch = self._torch
         r, c = (int(v) for v in self.cells_of(point_xy)[0])
-        with torch.inference_mode():
+        with _full_float32(torch):
             col = self._high_t[:, r * self.grid[1] + c]
             fh = col / self._high_norm_t[r * self.grid[1] + c]
             iy, ix = np.flatnonzero(self._ry[r]), np.flatnonzero(self._rx[c])
@@ -97,16 +115,16 @@ class TorchSimilarityIndex(SimilarityIndex):
             return Prototype(high=self._host(fh), low=self._host(fl), cell=(r, c))
 
     def high_similarity(self, proto: Prototype) -> np.ndarray:
-        with self._torch.inference_mode():
+        with _full_float32(self._torch):
             return self._host(self._s_high(proto.high))
 
     def low_similarity(self, proto: Prototype) -> np.ndarray:
-        with self._torch.inference_mode():
+        with _full_float32(self._torch):
             return self._host(self._s_low(proto.low))
 
     def product_similarity(self, proto: Prototype) -> np.ndarray:
         """``G`` computed on the device; the only per-query transfer of a map to the host."""
-        with self._torch.inference_mode():
+        with _full_float32(self._torch):
             return self._host(self._s_high(proto.high) * self._s_low(proto.low))
 
     def low_similarity_at(self, proto_low: np.ndarray, cells: np.ndarray) -> np.ndarray:
@@ -114,7 +132,7 @@ class TorchSimilarityIndex(SimilarityIndex):
         if len(cells) == 0:
             return np.zeros(0, dtype=self.dtype)
         torch = self._torch
-        with torch.inference_mode():
+        with _full_float32(torch):
             d = (self._vec(proto_low) @ self._low_t).reshape(self.low_grid)
             r = torch.from_numpy(cells[:, 0]).to(self.device)
             c = torch.from_numpy(cells[:, 1]).to(self.device)
