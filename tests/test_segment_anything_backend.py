@@ -293,3 +293,25 @@ def test_cop_gives_the_same_cells_with_its_similarity_on_the_models_device(model
     on_device = run_cop(model, encoded, clicks, types, params, index=similarity_index(encoded, backend="torch"))
     assert [len(r.prompts_xy) for r in on_device.runs] == [len(r.prompts_xy) for r in on_host.runs]
     assert np.array_equal(on_device.labels, on_host.labels)
+
+
+@pytest.mark.slow
+def test_the_users_command_line_runs_on_a_sam1_checkpoint(checkpoint_file, tile, tmp_path, capsys):
+    """``cop segment IMAGE --model sam1-vit-b --checkpoint FILE``: the whole path to QuPath GeoJSON."""
+    import json
+
+    from PIL import Image
+
+    from cop_server.io.geojson import validate_qupath_geojson
+
+    image, out = tmp_path / "crop.png", tmp_path / "cells.geojson"
+    Image.fromarray(tile[:256, :256]).save(image)  # a small tile: letterboxed, grids cropped to 16 x 16 cells
+    code = cli_main(["segment", str(image), "--model", "sam1-vit-b", "--checkpoint", str(checkpoint_file),
+                     "--device", "cpu", "--click", "128,128,Tumor", "--max-iterations", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    collection = json.loads(out.read_text())
+    validate_qupath_geojson(collection)
+    features = collection["features"]
+    assert features and all(f["properties"]["classification"]["name"] == "Tumor" for f in features)
+    assert "sam1-vit-b" in err  # the run says which model it used

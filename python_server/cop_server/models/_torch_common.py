@@ -212,7 +212,8 @@ def preprocess(
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    # read-only arrays (memory-mapped or decoded images) are copied: PyTorch wants writable memory
+    x = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(device)
     x = x.permute(2, 0, 1).unsqueeze(0).float()
     ch, cw = geometry.content_height, geometry.content_width
     if (geometry.height, geometry.width) != (ch, cw):

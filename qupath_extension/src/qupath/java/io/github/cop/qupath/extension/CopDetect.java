@@ -79,6 +79,12 @@ public final class CopDetect {
     /** The shared connection policy; a server it started lives until QuPath exits. */
     static final ServerConnector CONNECTOR = new ServerConnector();
 
+    static {
+        // Registered here, not in CopExtension.installExtension: scripts run from QuPath's command line
+        // (headless) use this class without the GUI ever installing the extension.
+        Runtime.getRuntime().addShutdownHook(new Thread(CONNECTOR::close, "cop-stop-local-server"));
+    }
+
     private final ConnectionSettings connection;
     private final Optional<String> startCommand;
     private final Duration startupTimeout;

@@ -30,9 +30,6 @@ public class CopExtension implements QuPathExtension {
         MenuItem exportItem = new MenuItem("Export detections as GeoJSON");
         exportItem.setOnAction(e -> export.run());
         qupath.getMenu("Extensions>" + DetectCommand.TITLE, true).getItems().addAll(detectItem, exportItem);
-
-        // A local server this extension started ends with QuPath.
-        Runtime.getRuntime().addShutdownHook(new Thread(CopDetect.CONNECTOR::close, "cop-stop-local-server"));
     }
 
     @Override
