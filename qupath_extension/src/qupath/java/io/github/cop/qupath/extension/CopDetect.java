@@ -135,11 +135,17 @@ public final class CopDetect {
      */
     public record Result(int added, int removed, Map<String, Long> countsByClass, int outsideRegions,
                          List<String> warnings, SegmentationResult result) {
-        @Override
-        public String toString() {
-            return "Chain-of-Prompts: " + added + " cells " + countsByClass
+        /** One line for a notification that already carries the extension's name. */
+        public String summary() {
+            return added + " cells " + countsByClass
                     + (removed > 0 ? ", replacing " + removed : "")
                     + (outsideRegions > 0 ? ", " + outsideRegions + " outside the regions not added" : "");
+        }
+
+        /** What a script prints. */
+        @Override
+        public String toString() {
+            return "Chain-of-Prompts: " + summary();
         }
     }
 

@@ -129,7 +129,7 @@ final class DetectCommand {
             CopDetect.Result changed = detect.apply(imageData, plan, result);
             FXUtils.runOnApplicationThread(() -> {
                 detect.recordWorkflowStep(imageData);
-                Dialogs.showInfoNotification(TITLE, changed.toString());
+                Dialogs.showInfoNotification(TITLE, changed.summary());
                 if (!changed.warnings().isEmpty()) {
                     Dialogs.showWarningNotification(TITLE, String.join("\n", changed.warnings()));
                 }
