@@ -24,7 +24,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS (with --tls-key)")
     p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     p.add_argument("--cache-gb", type=float, default=DEFAULT_CACHE_GB,
-                   help=f"memory for cached tile encodings, in GB (default {DEFAULT_CACHE_GB:g}; 0: no cache)")
+                   help=f"memory for cached tile encodings, in GB (default {DEFAULT_CACHE_GB:g}; 0: no cache); "
+                        "a GPU model keeps its encodings in GPU memory, so this is GPU memory there")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in working pixels (default: the model's native tile)")
     p.add_argument("--max-sessions", type=int, default=8, help="concurrent Segment sessions (default 8)")
