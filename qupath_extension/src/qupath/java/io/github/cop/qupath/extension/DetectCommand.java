@@ -5,6 +5,7 @@ import io.github.cop.qupath.client.ProgressUpdate;
 import io.github.cop.qupath.client.SegmentationResult;
 import io.github.cop.qupath.client.SegmentationRun;
 import io.github.cop.qupath.client.SessionListener;
+import javafx.application.Platform;
 import qupath.fx.dialogs.Dialogs;
 import qupath.fx.utils.FXUtils;
 import qupath.lib.gui.QuPathGUI;
@@ -19,6 +20,7 @@ import java.util.Locale;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicReference;
 
 /**
@@ -90,9 +92,13 @@ final class DetectCommand {
 
     private void runInBackground(ImageData<BufferedImage> imageData, CopDetect detect, CopDetect.Plan plan) {
         SimpleProgressMonitor monitor = new TaskRunnerFX(qupath).makeProgressMonitor();
-        monitor.startMonitoring("Chain-of-Prompts: connecting to the server...", STEPS, true);
+        // The first argument is the dialog's header for the whole run (QuPath never replaces it); the label below it
+        // carries the stage: connecting first, then the tiles.
+        monitor.startMonitoring("Chain-of-Prompts: detecting cells", STEPS, true);
+        monitor.updateProgress(0, "Connecting to the server...", null);
         AtomicReference<SegmentationRun> running = new AtomicReference<>();
         Thread worker = Thread.currentThread();
+        AtomicBoolean interruptSent = new AtomicBoolean();
         ScheduledExecutorService poll = Executors.newSingleThreadScheduledExecutor(r -> {
             Thread t = new Thread(r, "cop-cancel-poll");
             t.setDaemon(true);
@@ -105,7 +111,9 @@ final class DetectCommand {
                 SegmentationRun run = running.get();
                 if (run != null) {
                     run.cancel();
-                } else {
+                } else if (interruptSent.compareAndSet(false, true)) {
+                    // Once: the flag stays set until the connection attempt reacts to it, and a repeated interrupt
+                    // would hit the worker again while it reports the outcome.
                     worker.interrupt();
                 }
             }
@@ -126,6 +134,10 @@ final class DetectCommand {
         };
         try {
             SegmentationResult result = detect.execute(imageData, plan, listener, running::set);
+            if (monitor.cancelled()) {
+                // Cancel was pressed while the last results arrived: honour it, as QuPath's own task runner does.
+                throw new CopException(CopException.Kind.CANCELLED, "Cancelled; nothing was added to the image.");
+            }
             CopDetect.Result changed = detect.apply(imageData, plan, result);
             FXUtils.runOnApplicationThread(() -> {
                 detect.recordWorkflowStep(imageData);
@@ -135,15 +147,17 @@ final class DetectCommand {
                 }
             });
         } catch (CopException e) {
-            if (e.kind() == CopException.Kind.CANCELLED) {
-                FXUtils.runOnApplicationThread(() -> Dialogs.showInfoNotification(TITLE, e.getMessage()));
+            // Not FXUtils.runOnApplicationThread: it waits for the FX thread, and an interrupt from Cancel (gRPC
+            // restores the flag when it turns one into an error) made that wait log "Interrupted while waiting result".
+            if (e.kind() == CopException.Kind.CANCELLED || monitor.cancelled()) {
+                Platform.runLater(() -> Dialogs.showInfoNotification(TITLE, "Cancelled; nothing was added to the image."));
             } else {
-                FXUtils.runOnApplicationThread(() -> Dialogs.showErrorMessage(TITLE, e.getMessage()));
+                Platform.runLater(() -> Dialogs.showErrorMessage(TITLE, e.getMessage()));
             }
         } catch (InterruptedException e) {
-            FXUtils.runOnApplicationThread(() -> Dialogs.showInfoNotification(TITLE, "Cancelled; nothing was added to the image."));
+            Platform.runLater(() -> Dialogs.showInfoNotification(TITLE, "Cancelled; nothing was added to the image."));
         } catch (RuntimeException e) {
-            FXUtils.runOnApplicationThread(() -> Dialogs.showErrorMessage(TITLE, "Chain-of-Prompts failed: " + e));
+            Platform.runLater(() -> Dialogs.showErrorMessage(TITLE, "Chain-of-Prompts failed: " + e));
         } finally {
             poll.shutdownNow();
             Thread.interrupted(); // clear a late interrupt from the poller

@@ -37,9 +37,11 @@ final class ExportCommand {
             Dialogs.showWarningNotification(DetectCommand.TITLE, "The image has no detections to export.");
             return;
         }
+        // One filter with both extensions: QuPath appends the selected filter's extension to a name that lacks it, so
+        // with one filter per extension "cells.geojson.gz" typed under the (default) GeoJSON filter became
+        // "cells.geojson.gz.geojson", uncompressed. PathIO compresses when the name ends with .gz.
         File file = FileChoosers.promptToSaveFile("Export detections as GeoJSON", new File("cells.geojson"),
-                FileChoosers.createExtensionFilter("GeoJSON", ".geojson"),
-                FileChoosers.createExtensionFilter("GeoJSON, gzip-compressed", ".geojson.gz"));
+                FileChoosers.createExtensionFilter("GeoJSON (.geojson, or .geojson.gz for gzip)", ".geojson", ".geojson.gz"));
         if (file == null) {
             return;
         }
