@@ -15,12 +15,13 @@ Encoder
       the two Hessian eigenvalues (round vs elongated), gradient magnitude (rims), local texture,
       and a *centre-ness* channel from the nucleus over-segmentation (1 at a segment's innermost
       pixels, 0 at its rim). ``S_h`` therefore peaks once per nucleus, even where nuclei touch.
-    * ``F_l`` (default 16 px cells, 11 channels): neighbourhood responses -- H, E and nucleus
-      density at one-nucleus scale, coarse blob responses, local spread, and per-nucleus
+    * ``F_l`` (default 16 px cells, 12 channels): neighbourhood responses -- H, E and nucleus
+      density at one-nucleus scale, coarse blob responses, local spread, per-nucleus
       morphology (size, elongation, convexity, darkness, chromatin texture) painted on each
-      nucleus and averaged over its neighbourhood. These separate nucleus *types* (small dark
-      round vs large pale vs elongated) and blur neighbouring instances, as a deep
-      low-resolution embedding does.
+      nucleus and averaged over its neighbourhood, and the *context*: the non-nuclear stains
+      (eosin, and DAB in IHC) around the nucleus, weighted 1.5. These separate nucleus *types*
+      (small dark round vs large pale vs elongated; in cytoplasm vs in stroma) and blur
+      neighbouring instances, as a deep low-resolution embedding does.
 
     Every channel is z-scored over its grid, so no channel dominates by its units and cosine
     similarity (which CoP clamps to [0, 1]) compares response patterns.
@@ -128,6 +129,12 @@ class HEWatershedOptions:
     #: better CoP result (MoNuSeg: upper-bound AJI 0.628 -> 0.620, one-click CoP 0.570 -> 0.584).
     #: 0 keeps everything.
     min_score: float = 0.5
+    #: Width, in nucleus diameters, of the context channel of ``F_l`` (the non-nuclear stains
+    #: around a nucleus); 0 leaves it out.
+    context_scale: float = 1.0
+    #: Weight of that channel after z-scoring (the other channels have weight 1): how much the
+    #: surroundings count against the nucleus's own look when types are compared.
+    context_weight: float = 1.5
     #: Prompts per decoder call (decoding is a table look-up; this only bounds list sizes).
     decode_batch_size: int = 1024
 
@@ -323,6 +330,7 @@ class _Stains:
 
     hema: np.ndarray  # haematoxylin optical density (rgb2hed channel 0)
     eosin: np.ndarray  # eosin optical density (rgb2hed channel 1)
+    dab: np.ndarray  # the third stain (rgb2hed channel 2): DAB in IHC, a small residual in H&E
     hema_s: np.ndarray  # both smoothed by ``smooth_sigma`` (noise, JPEG blocks)
     eosin_s: np.ndarray
     nuc: np.ndarray  # nucleus-stain map hema_s - eosin_weight * eosin_s
@@ -332,9 +340,10 @@ def _stains(img: np.ndarray, o: HEWatershedOptions) -> _Stains:
     hed = rgb2hed(img)
     hema = np.ascontiguousarray(hed[..., 0], dtype=np.float32)
     eosin = np.ascontiguousarray(hed[..., 1], dtype=np.float32)
+    dab = np.ascontiguousarray(hed[..., 2], dtype=np.float32)
     hema_s = ndi.gaussian_filter(hema, o.smooth_sigma)
     eosin_s = ndi.gaussian_filter(eosin, o.smooth_sigma)
-    return _Stains(hema, eosin, hema_s, eosin_s, hema_s - np.float32(o.eosin_weight) * eosin_s)
+    return _Stains(hema, eosin, dab, hema_s, eosin_s, hema_s - np.float32(o.eosin_weight) * eosin_s)
 
 
 def _segment(st: _Stains, o: HEWatershedOptions) -> np.ndarray:
@@ -644,6 +653,11 @@ def _feature_maps(
         -np.float32((1.5 * o.radius / c) ** 2) * ndi.gaussian_laplace(hg, 1.5 * o.radius / c),
         _local_std(hg, nb),
     ]
+    if o.context_scale > 0:
+        # what surrounds the nucleus beyond its own neighbourhood: the non-nuclear stains (eosin,
+        # and DAB in IHC) a few nuclei wide -- epithelium sits in cytoplasm, stroma in fibres
+        ctx = _block_mean(st.eosin + st.dab, o.high_cell)
+        coarse.append(ndi.gaussian_filter(ctx, o.context_scale * nb))
     # per-nucleus morphology painted on its pixels and averaged over a nucleus-sized
     # neighbourhood (normalised convolution); far from any nucleus it fades to the image mean
     weight = ndi.gaussian_filter(fgg, nb / 2.0)
@@ -657,7 +671,10 @@ def _feature_maps(
         local = ndi.gaussian_filter(painted, nb / 2.0) / np.maximum(weight, 1e-6)
         coarse.append(conf * local + (1.0 - conf) * np.float32(mean))
     low_raw = _block_mean(np.stack(coarse).astype(np.float32), o.low_cell // o.high_cell)
-    return _zscore(high_raw), _zscore(low_raw)
+    low = _zscore(low_raw)
+    if o.context_scale > 0:
+        low[-1] *= np.float32(o.context_weight)
+    return _zscore(high_raw), low
 
 
 def _block_mean(x: np.ndarray, cell: int) -> np.ndarray:
