@@ -248,3 +248,26 @@ def test_segment_slide_command_refuses_bad_input_clearly(tmp_path, pyramid, caps
     far = point_annotations(tmp_path / "far.geojson", [(1e6, 10, "A")])
     code = main(["segment-slide", str(pyramid), "--clicks", str(far), "--out", str(tmp_path / "o.geojson")])
     assert code == 2 and "outside the slide" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("resolution", "unit", "want_mpp", "noted"),
+    [
+        ((40000, 40000), "CENTIMETER", 0.25, False),  # a microscope's pixel size, as scanners write it
+        ((101600, 101600), "INCH", 0.25, False),
+        ((72, 72), "INCH", None, True),  # an image editor's default: not a pixel size
+        ((96, 96), "INCH", None, True),
+    ],
+)
+def test_a_plain_tiff_pixel_size_is_believed_only_when_it_is_a_microscopes(tmp_path, resolution, unit, want_mpp, noted):
+    import tifffile
+
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, np.full((64, 64, 3), 200, np.uint8), resolution=resolution, resolutionunit=unit)
+    with open_slide(path) as slide:
+        assert slide.mpp == pytest.approx(want_mpp) if want_mpp else slide.mpp is None
+        assert bool(slide.notes) == noted
+        if noted:
+            assert "ignored" in slide.notes[0] and "plain.tif" in slide.notes[0]
+    with open_slide(path, mpp=0.5) as slide:  # the user's value wins and nothing needs saying
+        assert slide.mpp == 0.5 and not slide.notes

@@ -91,6 +91,7 @@ class FileSlide(SlideSource):
         st = os.stat(real)
         self._identity = f"file:{real}|{st.st_size}|{st.st_mtime_ns}"
         self.path, self.width, self.height, self.mpp = inner.path, inner.width, inner.height, inner.mpp
+        self.notes = inner.notes
 
     @property
     def identity(self) -> str:

@@ -122,6 +122,7 @@ class SlideSegmenter:
         self.tile_px = int(request.tile_px or model.native_tile)
         self.halo_px = int(request.halo_px or halo_pixels(request.max_cell_um, self.mpp_working, self.tile_px))
         self.plan = self._plan()
+        self.plan.warnings[:0] = list(slide.notes)
         self.summary.tiles_planned = len(self.plan.tiles)
         self.summary.warnings.extend(self.plan.warnings)
         self._union = unary_union(self.plan.regions) if self.plan.regions else None

@@ -32,6 +32,8 @@ class SlideSource(ABC):
     width: int
     height: int
     mpp: float | None  # microns per level-0 pixel (mean of x and y), None when unknown
+    #: what the user should know about how the file was read (e.g. a pixel size that was ignored)
+    notes: tuple[str, ...] = ()
 
     @property
     def identity(self) -> str:
@@ -151,7 +153,10 @@ def open_slide(path: str | Path, mpp: float | None = None) -> SlideSource:
             image = read_image(p)
         except InputError as exc:
             raise InputError(f"cannot read slide {p}: not a format OpenSlide supports, nor a plain image ({exc})") from exc
-        src = ArraySource(image, p, _mpp_from_tiff(p))
+        file_mpp, note = _mpp_from_tiff(p)
+        src = ArraySource(image, p, file_mpp)
+        if note and mpp is None:
+            src.notes = (note,)
     if mpp is not None:
         if not (mpp > 0 and math.isfinite(mpp)):
             raise InputError(f"pixel size must be a positive number of microns, got {mpp}")
@@ -184,10 +189,20 @@ def _mpp_from_properties(props) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _mpp_from_tiff(path: Path) -> float | None:
-    """Pixel size from TIFF resolution tags (centimetre or inch units), if present."""
+#: Pixel sizes (um/px) a microscope image can have: 100x oil to a 1x overview. A TIFF resolution
+#: tag outside this range is a screen or print default (72 dpi is 352.8 um/px), not a measurement.
+PLAUSIBLE_MPP = (0.01, 25.0)
+
+
+def _mpp_from_tiff(path: Path) -> tuple[float | None, str | None]:
+    """Pixel size from TIFF resolution tags (centimetre or inch units), and a note when one is ignored.
+
+    Plain TIFFs written by image editors and by many exporters carry 72 or 96 dpi whatever the
+    image shows; believing it would make every area in um^2 wrong by a factor of about 10^5 and
+    choose a useless working resolution, so such values are treated as unknown and said so.
+    """
     if path.suffix.lower() not in (".tif", ".tiff"):
-        return None
+        return None, None
     try:
         import tifffile
 
@@ -196,15 +211,23 @@ def _mpp_from_tiff(path: Path) -> float | None:
             unit = tags.get("ResolutionUnit")
             xres = tags.get("XResolution")
             if xres is None or unit is None:
-                return None
+                return None, None
             num, den = xres.value
-            if not num:
-                return None
+            if not num or not den:
+                return None, None
             per_unit = num / den  # pixels per unit
             unit_um = {2: 25400.0, 3: 10000.0}.get(int(unit.value), None)
-            return unit_um / per_unit if unit_um else None
-    except Exception:  # noqa: BLE001
-        return None
+            if not unit_um:
+                return None, None
+    except Exception:  # noqa: BLE001 - an unreadable tag only means "pixel size unknown"
+        return None, None
+    mpp = unit_um / per_unit
+    if PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
+        return mpp, None
+    per = "inch" if unit_um == 25400.0 else "cm"
+    return None, (f"{path.name}: its TIFF resolution tag says {per_unit:g} pixels per {per} ({mpp:.4g} um per pixel), "
+                  f"a screen or print default rather than a microscope's pixel size; it was ignored, so the pixel "
+                  f"size is unknown (give it explicitly, e.g. --slide-mpp 0.25)")
 
 
 def _flatten_rgba(rgba: np.ndarray) -> np.ndarray:
