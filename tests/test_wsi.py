@@ -113,7 +113,8 @@ def test_regions_outside_or_flat_are_said_and_clipped():
 
 def test_working_downsample_follows_the_target_resolution():
     assert working_downsample(0.25, 0.5, None) == 2.0
-    assert working_downsample(0.5, 0.25, None) == 1.0, "never upsample beyond the scan"
+    assert working_downsample(0.5, 0.25, None) == 0.5, "a coarser scan is enlarged to the target"
+    assert working_downsample(2.0, 0.25, None) == 0.5, "but at most 2x"
     assert working_downsample(None, 0.5, None) == 1.0
     assert working_downsample(0.25, 0.5, 3.0) == 3.0
 
@@ -197,6 +198,29 @@ def test_a_region_without_a_type_returns_none_of_it_and_an_empty_region_nothing(
                                                                    downsample=1.0))
     assert list(empty.detections()) == []
     assert empty.summary.cells == 0
+
+
+def test_a_scan_coarser_than_the_model_wants_is_enlarged_and_cells_come_back_in_level_0(discs):
+    """A 0.5 um/px slide for a model that works at 0.25 um/px: tiles are read 2x enlarged, and
+    every cell is still found once, in the slide's own coordinates."""
+    from cop_server.wsi.planning import MAX_UPSAMPLE
+
+    image, cells = discs
+    crop = image[:300, :400]
+    inside = [(x, y, t) for x, y, t in cells if 13 < x < 387 and 13 < y < 287]
+    clicks = [(*first_of_type(inside, 0), 0), (*first_of_type(inside, 1), 1)]
+    model = ColourDiscModel()
+    model.preferred_mpp = 0.25
+    seg = SlideSegmenter(model, ArraySource(crop, mpp=0.5), SlideRequest(clicks, TYPES))
+    assert seg.downsample == 1.0 / MAX_UPSAMPLE and not seg.plan.warnings
+    dets = list(seg.detections())
+    centres = np.array([[d.polygon.centroid.x, d.polygon.centroid.y] for d in dets])
+    for x, y, _ in inside:  # each cell centre has exactly one detection on it
+        assert np.sum(np.hypot(centres[:, 0] - x, centres[:, 1] - y) < 6) == 1
+    assert all(0 <= d.polygon.bounds[0] and d.polygon.bounds[2] <= 400 and d.polygon.bounds[3] <= 300 for d in dets)
+
+    coarse = SlideSegmenter(model, ArraySource(crop, mpp=2.0), SlideRequest(clicks, TYPES))
+    assert coarse.downsample == 0.5 and "coarser than the working resolution" in coarse.plan.warnings[0]
 
 
 # -- inputs and the command line ----------------------------------------------------------------

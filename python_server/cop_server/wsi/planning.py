@@ -24,6 +24,7 @@ from shapely.prepared import prep
 from cop_server.wsi.tissue import TissueMask
 
 DEFAULT_TARGET_MPP = 0.5  # microns per working pixel: nuclei 10-30 px wide, as nuclear models expect
+MAX_UPSAMPLE = 2.0  # a scan coarser than the working resolution is enlarged at most this much
 DEFAULT_MAX_CELL_UM = 20.0  # the largest expected cell (nucleus) diameter: the halo width
 
 
@@ -85,8 +86,11 @@ class TilePlan:
 def working_downsample(slide_mpp: float | None, target_mpp: float | None, downsample: float | None) -> float:
     """The downsample from level 0 to the working resolution.
 
-    An explicit downsample wins; otherwise target mpp / slide mpp (never below 1: no upsampling
-    beyond the scan); without a known slide mpp, 1.
+    An explicit downsample wins; otherwise target mpp / slide mpp; without a known slide mpp, 1.
+    A scan coarser than the target is upsampled, at most :data:`MAX_UPSAMPLE` times: a model
+    tuned to a scale (the CPU default's filters are) works far better at it -- on the 20x CoNIC
+    tile, upsampling 2x to the default model's 0.25 um/px raised CoP AJI from 0.235 to 0.327 --
+    while beyond 2x interpolation invents nothing and every 2x costs 4x the tiles.
     """
     if downsample is not None:
         if not (downsample > 0 and math.isfinite(downsample)):
@@ -94,7 +98,7 @@ def working_downsample(slide_mpp: float | None, target_mpp: float | None, downsa
         return float(downsample)
     if slide_mpp is None:
         return 1.0
-    return max(1.0, float(target_mpp or DEFAULT_TARGET_MPP) / float(slide_mpp))
+    return max(1.0 / MAX_UPSAMPLE, float(target_mpp or DEFAULT_TARGET_MPP) / float(slide_mpp))
 
 
 def halo_pixels(max_cell_um: float, mpp_working: float | None, tile_px: int, default_px: int = 40) -> int:

@@ -122,7 +122,7 @@ class SlideSegmenter:
         self.tile_px = int(request.tile_px or model.native_tile)
         self.halo_px = int(request.halo_px or halo_pixels(request.max_cell_um, self.mpp_working, self.tile_px))
         self.plan = self._plan()
-        self.plan.warnings[:0] = list(slide.notes)
+        self.plan.warnings[:0] = list(slide.notes) + self._resolution_notes(target)
         self.summary.tiles_planned = len(self.plan.tiles)
         self.summary.warnings.extend(self.plan.warnings)
         self._union = unary_union(self.plan.regions) if self.plan.regions else None
@@ -132,6 +132,17 @@ class SlideSegmenter:
         self._reliable: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
 
     # -- planning ---------------------------------------------------------------------------
+    def _resolution_notes(self, target_mpp: float) -> list[str]:
+        """Say when the scan is too coarse to reach the working resolution, even upsampled."""
+        mpp = self.slide.mpp
+        if self.request.downsample is not None or mpp is None or self.mpp_working is None:
+            return []
+        if self.mpp_working > target_mpp * 1.001:
+            return [f"the slide's pixels ({mpp:.3g} um) are coarser than the working resolution of {target_mpp:.3g} um "
+                    f"per pixel, and tiles are enlarged at most {1 / self.downsample:.3g}x, so the work runs at "
+                    f"{self.mpp_working:.3g} um per pixel (results may suffer)"]
+        return []
+
     def _plan(self) -> TilePlan:
         thumb, tds = self.slide.thumbnail(1024)
         tissue = tissue_mask(thumb, tds)

@@ -34,7 +34,11 @@ public final class TileRenderer {
             if (!plan.touchesImage()) {
                 return out;
             }
-            BufferedImage part = source.read(plan.clipX(), plan.clipY(), plan.clipWidth(), plan.clipHeight(), downsample);
+            // A scan coarser than the working resolution is enlarged (downsample < 1): read it at full
+            // resolution and enlarge it below with bilinear interpolation, as the Python server does, rather
+            // than leave enlarging to the source (QuPath's readRegion enlarges by pixel replication).
+            double readDownsample = Math.max(1.0, downsample);
+            BufferedImage part = source.read(plan.clipX(), plan.clipY(), plan.clipWidth(), plan.clipHeight(), readDownsample);
             if (part == null) {
                 throw new IOException("The image returned no pixels for level-0 box (" + plan.clipX() + ", " + plan.clipY()
                         + ", " + plan.clipWidth() + " x " + plan.clipHeight() + ") at downsample " + downsample);

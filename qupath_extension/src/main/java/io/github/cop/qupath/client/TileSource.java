@@ -22,7 +22,7 @@ public interface TileSource {
      * @param y          level-0 top, inside the image
      * @param width      level-0 width, the box inside the image
      * @param height     level-0 height, the box inside the image
-     * @param downsample level-0 pixels per output pixel (>= 1 in practice)
+     * @param downsample level-0 pixels per output pixel, at least 1 (the renderer enlarges coarse scans itself)
      * @return the pixels, about {@code width / downsample} by {@code height / downsample} (any other
      *         size is rescaled); any image type that {@link java.awt.Graphics2D} can draw
      * @throws IOException when the pixels cannot be read

@@ -116,6 +116,28 @@ class TileGeometryTest {
     }
 
     @Test
+    @DisplayName("a scan coarser than the working resolution is read at full resolution and enlarged smoothly")
+    void coarseScansAreEnlargedByTheRenderer() throws IOException {
+        List<Double> asked = new ArrayList<>();
+        TileSource halves = (x, y, w, h, d) -> {
+            asked.add(d);
+            BufferedImage img = new BufferedImage((int) Math.round(w / d), (int) Math.round(h / d), BufferedImage.TYPE_INT_RGB);
+            for (int i = 0; i < img.getWidth(); i++) {
+                for (int j = 0; j < img.getHeight(); j++) {
+                    img.setRGB(i, j, i < img.getWidth() / 2 ? 0x000000 : 0xFFFFFF);  // black left half, white right
+                }
+            }
+            return img;
+        };
+        BufferedImage tile = TileRenderer.render(TileGeometry.plan(0, 0, 10, 10, 20, 20, 100, 100), halves, 0.5);
+        assertEquals(List.of(1.0), asked, "the source reads level 0, never enlarges");
+        assertEquals(20, tile.getWidth());
+        assertEquals(20, tile.getHeight());
+        int edge = tile.getRGB(10, 10) & 0xFF;
+        assertTrue(edge > 0 && edge < 255, "bilinear across the black/white edge, not pixel replication: " + edge);
+    }
+
+    @Test
     @DisplayName("transparent source pixels become white, like padding")
     void transparentBecomesWhite() throws IOException {
         TileSource clear = (x, y, w, h, d) -> new BufferedImage(w, h, BufferedImage.TYPE_INT_ARGB);
