@@ -20,7 +20,7 @@ import java.util.stream.Stream;
 /**
  * A benchmark, not a test of behaviour (off unless {@code -Dcop.bench=true}): a ~4000 x 4000
  * region (a mosaic of 16 MoNuSeg 1000 x 1000 tiles, 0.25 um/px, so the server works at its
- * default 0.5 um/px, downsample 2) through the Java client and through the Python client, on the
+ * CPU model's 0.25 um/px, downsample 1) through the Java client and through the Python client, on the
  * same server, in both pixel encodings. Prints wall times, their ratio, cells, and bytes per tile.
  *
  * <pre>mvn -f qupath_extension/pom.xml test -Dtest=RegionBenchmarkTest -Dcop.bench=true</pre>
