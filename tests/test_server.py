@@ -233,6 +233,20 @@ def test_server_path_session_gives_the_command_lines_cells(client, he, cli_refer
     assert result.messages[0] == "accepted" and result.messages[-1] == "summary"
 
 
+def test_a_coarse_scan_is_enlarged_by_the_server_from_level_0_pixels(client, discs, tmp_path):
+    """discs.tif is 0.5 um/px and the CPU model works at 0.25: the server enlarges 2x, asking the
+    client only for level-0 pixels, and gets the same cells as when it reads the file itself."""
+    image, cells = discs
+    request = dict(clicks=first_cells(cells), classes=["Purple", "Pink"], regions=[box(0, 0, 300, 300)],
+                   params={"halo": HALO})
+    sent = client.segment(source=image, mpp=0.5, image_id="discs-coarse", **request)
+    read = client.segment(server_path="discs.tif", **request)
+    assert sent.accepted.downsample == read.accepted.downsample == 0.5
+    assert sent.tile_requests and all(r.downsample == 1.0 for r in sent.tile_requests)
+    assert all(max(r.out_width, r.out_height) <= TILE // 2 + 1 for r in sent.tile_requests[1:]), "level-0 boxes, not enlarged"
+    assert sent.counts() == read.counts() and sum(sent.counts().values()) > 10
+
+
 def test_a_second_run_with_one_more_class_encodes_no_tile(client, he, tmp_path):
     first = client.segment(source=he["image"], image_id="he-cache", mpp=0.25, encodings=["RAW_RGB"],
                            clicks=he["clicks"][:1], classes=he["classes"][:1], regions=[box(*REGION)], params=PARAMS)

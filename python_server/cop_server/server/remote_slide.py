@@ -100,6 +100,12 @@ class RemoteSlide(SlideSource):
     def read(self, x: int, y: int, w: int, h: int, downsample: float = 1.0) -> np.ndarray:
         if w <= 0 or h <= 0:
             raise ValueError(f"empty region {w} x {h}")
+        if downsample < 1.0:
+            # a scan coarser than the working resolution: ask for level-0 pixels and enlarge them
+            # here (bilinear, as for a file the server reads), so the client sends 1/ds^2 less
+            small = self.read(x, y, w, h, 1.0)
+            out_w, out_h = self.out_size(w, h, downsample)
+            return np.asarray(Image.fromarray(small).resize((out_w, out_h), Image.Resampling.BILINEAR))
         out_w, out_h = self.out_size(w, h, downsample)
         if max(out_w, out_h) > self.max_side:
             raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
