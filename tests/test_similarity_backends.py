@@ -110,6 +110,7 @@ def test_neither_index_holds_a_copy_of_the_high_resolution_map():
     feats = smooth_features()
     assert np.shares_memory(SimilarityIndex(feats)._high, feats.high)
     tensors = as_tensors(feats)
+    assert np.shares_memory(similarity_index(tensors)._high, tensors.high.numpy())  # CPU tensors: viewed
     assert TorchSimilarityIndex(tensors)._high_t.data_ptr() == tensors.high.data_ptr()
 
 

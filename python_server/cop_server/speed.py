@@ -33,7 +33,8 @@ def sam3_sized_features(seed: int = 0) -> Features:
     return Features(high, low, (1008 / 288, 1008 / 288), (14.0, 14.0), (1008, 1008))
 
 
-def _median_ms(fn: Callable[[], object], repeat: int) -> float:
+def median_ms(fn: Callable[[], object], repeat: int) -> float:
+    """Median wall time of ``fn`` in ms over ``repeat`` calls, after one warm-up call."""
     fn()
     times = []
     for _ in range(repeat):
@@ -53,10 +54,10 @@ def bench_hsg_grid(print_fn: Callable[[str], None], repeat: int = 20) -> dict[st
         proto = index.prototype(p)
         out = {
             "index_build_s": build_s,
-            "prototype_ms": _median_ms(lambda: index.prototype(p), repeat),
-            "s_high_ms": _median_ms(lambda: index.high_similarity(proto), repeat),
-            "s_low_ms": _median_ms(lambda: index.low_similarity(proto), repeat),
-            "hsg_ms": _median_ms(lambda: hsg(index, p), repeat),
+            "prototype_ms": median_ms(lambda: index.prototype(p), repeat),
+            "s_high_ms": median_ms(lambda: index.high_similarity(proto), repeat),
+            "s_low_ms": median_ms(lambda: index.low_similarity(proto), repeat),
+            "hsg_ms": median_ms(lambda: hsg(index, p), repeat),
         }
         grown = fpr(index, p[None], merge_radius=7.0, max_iterations=repeat)
         out["fpr_iteration_ms"] = 1000 * float(np.median(grown.iteration_seconds))
@@ -111,8 +112,8 @@ def bench_device_index(print_fn: Callable[[str], None], repeat: int = 20) -> dic
                 proto = index.prototype(p)
                 out = {
                     "index_build_s": build_s,
-                    "product_ms": _median_ms(lambda: index.product_similarity(proto), repeat),
-                    "hsg_ms": _median_ms(lambda: hsg(index, p), repeat),
+                    "product_ms": median_ms(lambda: index.product_similarity(proto), repeat),
+                    "hsg_ms": median_ms(lambda: hsg(index, p), repeat),
                 }
                 grown = fpr(index, p[None], merge_radius=7.0, max_iterations=repeat)
                 out["fpr_iteration_ms"] = 1000 * float(np.median(grown.iteration_seconds))

@@ -159,10 +159,6 @@ def _torch_device_type(array: Any) -> str | None:
     return str(array.device.type)
 
 
-def _host_view(array: Any) -> Any:
-    return array.detach().numpy() if _torch_device_type(array) is not None else array
-
-
 def similarity_index(features: Features, backend: Backend = "auto", dtype: np.dtype = np.float32) -> SimilarityIndex:
     """The index for these features, where their maps live.
 
@@ -177,12 +173,4 @@ def similarity_index(features: Features, backend: Backend = "auto", dtype: np.dt
         from cop_server.cop.similarity_torch import TorchSimilarityIndex
 
         return TorchSimilarityIndex(features, dtype=dtype)
-    if device is not None or _torch_device_type(features.low) is not None:  # CPU tensors: zero-copy views
-        features = Features(
-            high=_host_view(features.high),
-            low=_host_view(features.low),
-            high_cell=features.high_cell,
-            low_cell=features.low_cell,
-            image_shape=features.image_shape,
-        )
-    return SimilarityIndex(features, dtype=dtype)
+    return SimilarityIndex(features, dtype=dtype)  # np.asarray views CPU tensors without a copy

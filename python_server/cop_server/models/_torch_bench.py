@@ -209,6 +209,7 @@ def _similarity_timings(feats: Any, dev: Any, repeats: int = 10) -> dict[str, An
     """CoP's similarity on these real features, where ``similarity_index`` puts it (the device on a GPU)."""
     from cop_server.cop import hsg, similarity_index
     from cop_server.models._torch_common import sync
+    from cop_server.speed import median_ms
 
     sync(dev)
     t = time.perf_counter()
@@ -218,20 +219,11 @@ def _similarity_timings(feats: Any, dev: Any, repeats: int = 10) -> dict[str, An
     h, w = feats.image_shape
     centre = np.array([w / 2, h / 2])
     proto = index.prototype(centre)
-    index.product_similarity(proto)  # warm-up
-    times = {"product": [], "hsg": []}
-    for _ in range(repeats):
-        t = time.perf_counter()
-        index.product_similarity(proto)
-        times["product"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        hsg(index, centre)
-        times["hsg"].append(time.perf_counter() - t)
     return {
         "similarity_index": type(index).__name__,
         "index_build_ms": build_ms,
-        "gate_map_ms": 1000 * float(np.median(times["product"])),
-        "hsg_ms": 1000 * float(np.median(times["hsg"])),
+        "gate_map_ms": median_ms(lambda: index.product_similarity(proto), repeats),
+        "hsg_ms": median_ms(lambda: hsg(index, centre), repeats),
     }
 
 

@@ -204,25 +204,14 @@ class Sam3Model(TorchSamModel):
         timings: Sam3Timings | None = None,
     ) -> None:
         torch = require_torch(MODEL_NAME)
-        if fit not in ("stretch", "letterbox"):
-            raise ModelError(f"unknown fit '{fit}' for {MODEL_NAME}: use stretch or letterbox")
         if features not in ("detector", "interactive"):
             raise ModelError(f"unknown feature source '{features}' for {MODEL_NAME}: use detector or interactive")
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ModelError(f"unknown precision '{precision}' for {MODEL_NAME}: use auto, fp32 or bf16")
-        self.device = device
+        self._configure(device, fit=fit, precision=precision, precisions=("auto", "fp32", "bf16"),
+                        decode_batch_size=decode_batch_size)
+        if self.precision == "auto":
+            self.precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         self.modules = modules.to(device)
-        self.fit = fit
         self.features_from = features
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        self.precision = precision
-        # On a GPU one pass of many prompts is the fast path. On a CPU the per-prompt copies of the
-        # embedding and the 288 x 288 upsampling stop fitting in cache beyond a few prompts, and a
-        # single prompt hits slow batch-1 kernels: 4 prompts per pass measured fastest (docs/models.md).
-        self.decode_batch_size = int(decode_batch_size or (64 if device.type == "cuda" else 4))
-        if self.decode_batch_size < 1:
-            raise ModelError("decode_batch_size must be at least 1")
         self.max_hole_area = float(max_hole_area)
         self.checkpoint = checkpoint
         self.load_report = load_report

@@ -144,24 +144,16 @@ class SegmentAnythingModel(TorchSamModel):
         load_seconds: float = 0.0,
     ) -> None:
         v = _variant(variant)
-        if fit not in ("stretch", "letterbox"):
-            raise ModelError(f"unknown fit '{fit}' for {v.model_name}: use letterbox or stretch")
-        if precision not in ("fp32", "bf16"):
-            raise ModelError(f"unknown precision '{precision}' for {v.model_name}: use fp32 or bf16")
         self.variant = v
-        self.precision = precision  # of the encoder; segment-anything was trained and is run in fp32
         self.name = v.model_name
-        self.device = device
+        # the precision of the encoder; segment-anything was trained and is run in fp32
+        self._configure(device, fit=fit, precision=precision, precisions=("fp32", "bf16"),
+                        decode_batch_size=decode_batch_size)
         self.sam = sam.to(device)
-        self.fit = fit
         depth = len(self.sam.image_encoder.blocks)
         self.high_block = v.high_block if high_block is None else int(high_block)
         if not 0 <= self.high_block < depth:
             raise ModelError(f"high_block must be in 0..{depth - 1} for {v.model_name}, got {self.high_block}")
-        # many prompts per pass on a GPU; on a CPU larger passes are slower per prompt (cache), see docs/models.md
-        self.decode_batch_size = int(decode_batch_size or (64 if device.type == "cuda" else 4))
-        if self.decode_batch_size < 1:
-            raise ModelError("decode_batch_size must be at least 1")
         self.checkpoint = checkpoint
         self.load_report = load_report
         self.build_seconds = build_seconds

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cop_server.models._torch_common import LowResMaskSampler, TileGeometry, as_rgb_uint8, require_torch, sync
+from cop_server.errors import ModelError
+from cop_server.models._torch_common import FITS, LowResMaskSampler, TileGeometry, as_rgb_uint8, require_torch, sync
 from cop_server.models.base import DecodedBatch, Features, InstanceMask, PromptableModel
 
 if TYPE_CHECKING:
@@ -78,6 +79,21 @@ class TorchSamModel(PromptableModel):
     @abstractmethod
     def _decode_pass(self, state: SamDecoderState, coords: "torch.Tensor", labels: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
         """One decoder pass over ``B x 1 x 2`` prompts: ``(B x 1 x h x w`` logits, ``B x 1`` IoU predictions)."""
+
+    def _configure(self, device: "torch.device", *, fit: str, precision: str, precisions: tuple[str, ...],
+                   decode_batch_size: int | None) -> None:
+        """Check and set the run options both SAM families share; a :class:`ModelError` names a bad value."""
+        if fit not in FITS:
+            raise ModelError(f"unknown fit '{fit}' for {self.name}: use {' or '.join(FITS)}")
+        if precision not in precisions:
+            raise ModelError(f"unknown precision '{precision}' for {self.name}: use {', '.join(precisions)}")
+        self.device, self.fit, self.precision = device, fit, precision
+        # On a GPU one pass of many prompts is the fast path. On a CPU the per-prompt copies of the
+        # image embedding and the mask upsampling stop fitting in cache beyond a few prompts, and a
+        # single prompt hits slow batch-1 kernels: 4 prompts per pass measured fastest (docs/models.md).
+        self.decode_batch_size = int(decode_batch_size or (64 if device.type == "cuda" else 4))
+        if self.decode_batch_size < 1:
+            raise ModelError("decode_batch_size must be at least 1")
 
     def _postprocess_logits(self, logits: np.ndarray) -> np.ndarray:
         """Hook for a model's own mask post-processing (SAM3 fills small holes)."""
